@@ -1,0 +1,47 @@
+# Two commands for a learner: `make lab` and `make test`. Both install what is missing first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export COURSE_UTILS_STRICT ?= 1
+PYTEST_NOTEBOOKS := --nbval --nbval-current-env --nbval-cell-timeout=300 --sanitize-with tests/sanitize.cfg
+
+.PHONY: help install lab test test-fast build lint format clean
+
+help:
+	@echo "make lab        open the course in JupyterLab (installs first if needed)"
+	@echo "make test       run the whole test suite (installs first if needed)"
+	@echo "make test-fast  unit tests only, no notebook runs"
+	@echo "make build      regenerate the student notebooks from notebooks/solutions/"
+	@echo "make lint       ruff check + ruff format --check"
+	@echo "make format     ruff format + ruff check --fix"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadscope $(PYTEST_NOTEBOOKS) tests notebooks/solutions
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" tests
+
+build: $(STAMP)
+	$(BIN)/python -m course_utils.build
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

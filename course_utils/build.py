@@ -1,0 +1,194 @@
+"""Build the notebook editions from one source of truth.
+
+    python -m course_utils.build           # sync and regenerate
+    python -m course_utils.build --check   # exit 1 if anything would change
+
+Two steps, for every ``notebooks/solutions/NN_name.ipynb``:
+
+1. **Inject.** A code cell that contains ``### BEGIN SOLUTION`` is an exercise cell. Its code (after any
+   leading comment lines, which are kept) must be the source of the top-level functions and classes it
+   defines, copied from the chapter's reference module ``course_utils.solutions.chNN_name``. The build
+   rewrites the cell from the package, so the package is the only copy that anyone edits.
+2. **Generate.** The student edition ``notebooks/NN_name.ipynb`` is the source edition with every solution
+   region replaced by a stub, outputs and execution counts cleared, and only cell tags kept as metadata.
+   Stubs never raise when their cell runs: inside a body the stub is ``raise NotImplementedError``; at the
+   top level each assigned name becomes ``name = ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import importlib
+import inspect
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+
+from course_utils.paths import NOTEBOOKS_DIR, SOLUTIONS_NOTEBOOKS_DIR
+
+BEGIN = "### BEGIN SOLUTION"
+END = "### END SOLUTION"
+STUB_COMMENT = "# YOUR CODE HERE"
+_REGION = re.compile(rf"^([ \t]*){re.escape(BEGIN)}[ \t]*\n(.*?)^[ \t]*{re.escape(END)}[ \t]*(\n|\Z)", re.M | re.S)
+_NOTEBOOK_NAME = re.compile(r"^(\d\d)_([a-z0-9_]+?)(?:_[ab])?$")
+
+
+class BuildError(Exception):
+    """A notebook breaks the rules of the build (the message says which cell and why)."""
+
+
+def reference_module_name(notebook: Path) -> str:
+    """``notebooks/solutions/02_model_blocks.ipynb`` -> ``course_utils.solutions.ch02_model_blocks``."""
+    match = _NOTEBOOK_NAME.match(notebook.stem)
+    if not match:
+        raise BuildError(f"{notebook.name}: notebook names must look like '01_model_definition.ipynb'")
+    return f"course_utils.solutions.ch{match.group(1)}_{match.group(2)}"
+
+
+def _split_header(source: str) -> tuple[str, str]:
+    """Split a cell into its leading comment/blank lines and the code after them."""
+    lines = source.splitlines(keepends=True)
+    n = 0
+    while n < len(lines) and (not lines[n].strip() or lines[n].lstrip().startswith("#")):
+        if lines[n].strip().startswith(BEGIN):
+            break
+        n += 1
+    return "".join(lines[:n]), "".join(lines[n:])
+
+
+def _defined_names(code: str, where: str) -> list[str]:
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as error:
+        raise BuildError(f"{where}: the exercise cell does not parse ({error.msg}, line {error.lineno})") from None
+    names = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            names.append(node.name)
+        else:
+            raise BuildError(f"{where}: an exercise cell may only define functions and classes")
+    if not names:
+        raise BuildError(f"{where}: the exercise cell defines nothing")
+    return names
+
+
+def reference_source(module_name: str, names: list[str], where: str) -> str:
+    """The package's source of ``names`` in ``module_name``, joined as they would be in a file."""
+    module = importlib.import_module(module_name)
+    parts = []
+    for name in names:
+        if not hasattr(module, name):
+            raise BuildError(f"{where}: {module_name} has no {name} (the reference must live in the package)")
+        parts.append(inspect.getsource(getattr(module, name)).rstrip("\n"))
+    return "\n\n\n".join(parts)
+
+
+def inject_references(nb: nbformat.NotebookNode, module_name: str, label: str) -> int:
+    """Rewrite every exercise cell from the reference module. Returns how many cells changed."""
+    changed = 0
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or BEGIN not in cell.source:
+            continue
+        where = f"{label}, cell {index}"
+        header, code = _split_header(cell.source)
+        expected = header + reference_source(module_name, _defined_names(code, where), where)
+        if cell.source != expected:
+            cell.source = expected
+            changed += 1
+    return changed
+
+
+def _stub(match: re.Match[str]) -> str:
+    indent, body = match.group(1), match.group(2)
+    if indent:
+        return f"{indent}{STUB_COMMENT}\n{indent}raise NotImplementedError\n"
+    assigned = []
+    for node in ast.parse(body).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        assigned += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in assigned]
+    return STUB_COMMENT + "\n" + "".join(f"{name} = ...\n" for name in assigned)
+
+
+def strip_solutions(source: str) -> str:
+    """Replace every solution region of a cell's source with a stub that does not raise when run."""
+    if source.count(BEGIN) != source.count(END):
+        raise BuildError(f"unbalanced solution markers in:\n{source[:200]}")
+    return _REGION.sub(_stub, source).rstrip("\n")
+
+
+def student_edition(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The student edition of a source-edition notebook."""
+    student = copy.deepcopy(nb)
+    for cell in student.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        cell.metadata = nbformat.NotebookNode({"tags": list(tags)} if tags else {})
+        if cell.cell_type == "code":
+            cell.source = strip_solutions(cell.source)
+            cell.outputs = []
+            cell.execution_count = None
+    return student
+
+
+def _dumps(nb: nbformat.NotebookNode) -> str:
+    return nbformat.writes(nb) + "\n"
+
+
+def build(check: bool = False, source_dir: Path = SOLUTIONS_NOTEBOOKS_DIR, out_dir: Path = NOTEBOOKS_DIR) -> list[str]:
+    """Sync the source edition from the package and regenerate the student edition.
+
+    Args:
+        check: change nothing; only report what would change.
+        source_dir: where the source-edition notebooks are.
+        out_dir: where the student-edition notebooks go.
+
+    Returns:
+        One line per file that changed (or, with ``check``, would change).
+    """
+    drift = []
+    sources = sorted(source_dir.glob("*.ipynb"))
+    for path in sources:
+        label = f"{path.parent.name}/{path.name}"
+        nb = nbformat.read(path, as_version=4)
+        if inject_references(nb, reference_module_name(path), label):
+            drift.append(f"{label}: exercise cells differ from {reference_module_name(path)}")
+            if not check:
+                path.write_text(_dumps(nb), encoding="utf-8")
+        target = out_dir / path.name
+        text = _dumps(student_edition(nb))
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            drift.append(f"{out_dir.name}/{path.name}: student edition is out of date")
+            if not check:
+                target.write_text(text, encoding="utf-8")
+    expected = {p.name for p in sources}
+    for orphan in sorted(p for p in out_dir.glob("*.ipynb") if p.name not in expected):
+        drift.append(f"{out_dir.name}/{orphan.name}: has no source edition")
+        if not check:
+            orphan.unlink()
+    return drift
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_utils.build", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if the editions have drifted; change nothing")
+    args = parser.parse_args(argv)
+    try:
+        drift = build(check=args.check)
+    except BuildError as error:
+        print(f"build failed: {error}", file=sys.stderr)
+        return 2
+    for line in drift:
+        print(("drift: " if args.check else "updated: ") + line)
+    if args.check and drift:
+        print("Run `python -m course_utils.build` to regenerate.", file=sys.stderr)
+        return 1
+    if not drift:
+        print("Editions are up to date.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

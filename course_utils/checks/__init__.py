@@ -1,0 +1,1 @@
+"""One module of exercise checkers per chapter, named like its notebook."""

@@ -1,0 +1,1 @@
+"""One module of reference solutions per chapter, named like its notebook."""

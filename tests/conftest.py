@@ -1,0 +1,17 @@
+"""Shared test set-up: checker bugs must never hide, and checks must not wait long on a hanging answer."""
+
+import os
+
+import pytest
+
+# Set before any course_utils import so every checker runs in strict mode.
+os.environ["COURSE_UTILS_STRICT"] = "1"
+os.environ.pop("COURSE_UTILS_GRADING", None)
+
+
+@pytest.fixture
+def short_time_budget(monkeypatch):
+    """Cut the checkers' time budget so tests of hanging answers are quick."""
+    from course_utils import checking
+
+    monkeypatch.setattr(checking, "TIME_BUDGET_S", 0.5)
