@@ -137,17 +137,19 @@ def _dumps(nb: nbformat.NotebookNode) -> str:
     return nbformat.writes(nb) + "\n"
 
 
-def build(check: bool = False, source_dir: Path = SOLUTIONS_NOTEBOOKS_DIR, out_dir: Path = NOTEBOOKS_DIR) -> list[str]:
+def build(check: bool = False, source_dir: Path | None = None, out_dir: Path | None = None) -> list[str]:
     """Sync the source edition from the package and regenerate the student edition.
 
     Args:
         check: change nothing; only report what would change.
-        source_dir: where the source-edition notebooks are.
-        out_dir: where the student-edition notebooks go.
+        source_dir: where the source-edition notebooks are (default: ``notebooks/solutions``).
+        out_dir: where the student-edition notebooks go (default: ``notebooks``).
 
     Returns:
         One line per file that changed (or, with ``check``, would change).
     """
+    source_dir = source_dir or SOLUTIONS_NOTEBOOKS_DIR
+    out_dir = out_dir or NOTEBOOKS_DIR
     drift = []
     sources = sorted(source_dir.glob("*.ipynb"))
     for path in sources:

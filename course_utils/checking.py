@@ -250,7 +250,7 @@ def expect_raises(
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message, shortened, without memory addresses."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else "(no message)"
-    text = re.sub(r"\bat 0x[0-9a-fA-F]+", "", text)
+    text = re.sub(r"\s*\bat 0x[0-9a-fA-F]+", "", text)
     return text if len(text) <= 200 else text[:197] + "..."
 
 

@@ -1,0 +1,160 @@
+"""Tests for course_utils.build: injecting references, generating the student edition, --check."""
+
+import inspect
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_utils import build
+from course_utils.build import BuildError, strip_solutions
+from course_utils.solutions import ch01_model_definition as ref
+
+EXERCISE_CELL = (
+    "# Exercise: write build_mlp.\ndef build_mlp(sizes):\n    ### BEGIN SOLUTION\n    pass\n    ### END SOLUTION\n"
+)
+
+
+def _notebook(*sources: str) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Title")]
+    for i, source in enumerate(sources):
+        cell = nbformat.v4.new_code_cell(source, execution_count=i + 1)
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="old output\n")]
+        cell.metadata = {"tags": ["nbval-ignore-output"], "scrolled": True, "execution": {"t": 1}}
+        nb.cells.append(cell)
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i}"
+    return nb
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    source, out = tmp_path / "solutions", tmp_path / "student"
+    source.mkdir()
+    out.mkdir()
+    return source, out
+
+
+def _write(path: Path, nb: nbformat.NotebookNode) -> None:
+    path.write_text(nbformat.writes(nb) + "\n", encoding="utf-8")
+
+
+def test_indented_solution_regions_become_raise_not_implemented():
+    source = "def f(x):\n    ### BEGIN SOLUTION\n    return x + 1\n    ### END SOLUTION\n"
+    assert strip_solutions(source) == "def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError"
+
+
+def test_top_level_solution_regions_become_ellipsis_assignments_that_do_not_raise():
+    source = (
+        "### BEGIN SOLUTION\nn_params = 3\nlayers, extra = [1], 2\nn_params += 1\n### END SOLUTION\nprint(n_params)"
+    )
+    stub = strip_solutions(source)
+    assert stub == "# YOUR CODE HERE\nn_params = ...\nprint(n_params)"
+    exec(compile(stub, "<stub>", "exec"), {})  # runs without raising
+
+
+def test_several_regions_in_one_cell_are_all_stubbed():
+    source = (
+        "class Net:\n    def __init__(self):\n"
+        "        ### BEGIN SOLUTION\n        self.a = 1\n        ### END SOLUTION\n\n"
+        "    def forward(self, x):\n        ### BEGIN SOLUTION\n        return x\n        ### END SOLUTION\n"
+    )
+    stub = strip_solutions(source)
+    assert stub.count("raise NotImplementedError") == 2
+    assert "self.a" not in stub and "return x" not in stub
+
+
+def test_unbalanced_markers_are_an_error():
+    with pytest.raises(BuildError, match="unbalanced"):
+        strip_solutions("def f():\n    ### BEGIN SOLUTION\n    return 1\n")
+
+
+def test_student_edition_clears_outputs_and_keeps_only_tags():
+    nb = _notebook("x = 1")
+    student = build.student_edition(nb)
+    cell = student.cells[1]
+    assert cell.outputs == [] and cell.execution_count is None
+    assert cell.metadata == {"tags": ["nbval-ignore-output"]}
+    assert nb.cells[1].outputs, "the source edition itself is not modified"
+
+
+def test_reference_module_name_follows_the_notebook_name():
+    assert build.reference_module_name(Path("02_model_blocks.ipynb")) == "course_utils.solutions.ch02_model_blocks"
+    assert build.reference_module_name(Path("02_model_blocks_a.ipynb")) == "course_utils.solutions.ch02_model_blocks"
+    with pytest.raises(BuildError, match="must look like"):
+        build.reference_module_name(Path("Untitled.ipynb"))
+
+
+def test_build_injects_the_reference_source_and_writes_the_student_edition(dirs):
+    source_dir, out_dir = dirs
+    _write(source_dir / "01_model_definition.ipynb", _notebook(EXERCISE_CELL))
+    changes = build.build(source_dir=source_dir, out_dir=out_dir)
+    assert len(changes) == 2
+    injected = nbformat.read(source_dir / "01_model_definition.ipynb", as_version=4).cells[1].source
+    assert injected == "# Exercise: write build_mlp.\n" + inspect.getsource(ref.build_mlp).rstrip("\n")
+    student = nbformat.read(out_dir / "01_model_definition.ipynb", as_version=4).cells[1].source
+    assert "### BEGIN SOLUTION" not in student and "OrderedDict()" not in student
+    assert student.startswith("# Exercise: write build_mlp.\ndef build_mlp(sizes: list[int]) -> nn.Sequential:")
+    assert student.endswith("    # YOUR CODE HERE\n    raise NotImplementedError")
+    assert build.build(check=True, source_dir=source_dir, out_dir=out_dir) == []
+
+
+def test_check_reports_drift_and_changes_nothing(dirs):
+    source_dir, out_dir = dirs
+    path = source_dir / "01_model_definition.ipynb"
+    _write(path, _notebook(EXERCISE_CELL))
+    before = path.read_text()
+    drift = build.build(check=True, source_dir=source_dir, out_dir=out_dir)
+    assert drift == [
+        "solutions/01_model_definition.ipynb: exercise cells differ from course_utils.solutions.ch01_model_definition",
+        "student/01_model_definition.ipynb: student edition is out of date",
+    ]
+    assert path.read_text() == before and not (out_dir / "01_model_definition.ipynb").exists()
+
+
+def test_a_hand_edited_student_edition_is_drift(dirs):
+    source_dir, out_dir = dirs
+    _write(source_dir / "01_model_definition.ipynb", _notebook("x = 1"))
+    build.build(source_dir=source_dir, out_dir=out_dir)
+    student = out_dir / "01_model_definition.ipynb"
+    student.write_text(student.read_text().replace("x = 1", "x = 2"))
+    assert build.build(check=True, source_dir=source_dir, out_dir=out_dir) == [
+        "student/01_model_definition.ipynb: student edition is out of date"
+    ]
+
+
+def test_student_notebooks_without_a_source_are_reported_and_removed(dirs):
+    source_dir, out_dir = dirs
+    (out_dir / "09_gone.ipynb").write_text("{}")
+    assert build.build(check=True, source_dir=source_dir, out_dir=out_dir) == [
+        "student/09_gone.ipynb: has no source edition"
+    ]
+    build.build(source_dir=source_dir, out_dir=out_dir)
+    assert not (out_dir / "09_gone.ipynb").exists()
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        ("x = 1\n### BEGIN SOLUTION\ny = 2\n### END SOLUTION\n", "may only define functions and classes"),
+        ("def not_in_package():\n    ### BEGIN SOLUTION\n    pass\n    ### END SOLUTION\n", "has no not_in_package"),
+        ("def build_mlp(:\n    ### BEGIN SOLUTION\n    ### END SOLUTION\n", "does not parse"),
+    ],
+)
+def test_exercise_cells_that_break_the_rules_are_build_errors(dirs, cell, message):
+    source_dir, out_dir = dirs
+    _write(source_dir / "01_model_definition.ipynb", _notebook(cell))
+    with pytest.raises(BuildError, match=message):
+        build.build(source_dir=source_dir, out_dir=out_dir)
+
+
+def test_main_exits_non_zero_on_drift_and_zero_when_clean(dirs, monkeypatch, capsys):
+    source_dir, out_dir = dirs
+    _write(source_dir / "01_model_definition.ipynb", _notebook("x = 1"))
+    monkeypatch.setattr(build, "SOLUTIONS_NOTEBOOKS_DIR", source_dir)
+    monkeypatch.setattr(build, "NOTEBOOKS_DIR", out_dir)
+    assert build.main(["--check"]) == 1
+    assert build.main([]) == 0
+    assert build.main(["--check"]) == 0
+    assert "up to date" in capsys.readouterr().out

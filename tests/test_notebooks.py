@@ -1,0 +1,85 @@
+"""The two notebook editions: stored outputs, up to date, checks named right, the student edition runs clean.
+
+Strict nbval on the source edition runs from the Makefile (`pytest --nbval ... notebooks/solutions`).
+"""
+
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_utils import build, checking
+from course_utils.paths import NOTEBOOKS_DIR, REPO_DIR, SOLUTIONS_NOTEBOOKS_DIR
+
+SOURCES = sorted(SOLUTIONS_NOTEBOOKS_DIR.glob("*.ipynb"))
+STUDENTS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+CHECK_CALL = re.compile(r"\bcheck_([a-z][a-z0-9_]*)\(")
+
+
+def _chapter(path: Path) -> int:
+    return int(path.name[:2])
+
+
+def _code_cells(path: Path) -> list[nbformat.NotebookNode]:
+    return [cell for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
+
+
+def test_there_is_a_notebook_per_chapter_with_both_editions():
+    assert SOURCES, "no source-edition notebooks found"
+    assert [p.name for p in SOURCES] == [p.name for p in STUDENTS]
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
+def test_each_notebook_has_a_reference_module_a_checks_module_and_tests(path):
+    module = build.reference_module_name(path).rsplit(".", 1)[1]
+    assert (REPO_DIR / "course_utils" / "solutions" / f"{module}.py").exists()
+    assert (REPO_DIR / "course_utils" / "checks" / f"{module}.py").exists()
+    assert (REPO_DIR / "tests" / f"test_{module}.py").exists()
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
+def test_source_edition_has_stored_outputs_for_every_code_cell(path):
+    # nbval silently skips cells without an execution count: a stripped notebook would check nothing.
+    unexecuted = [i for i, cell in enumerate(_code_cells(path)) if cell.source.strip() and not cell.execution_count]
+    assert not unexecuted, f"code cells {unexecuted} of {path.name} have not been executed"
+
+
+def test_student_edition_is_up_to_date_with_the_source_edition_and_the_package():
+    assert build.build(check=True) == [], "run `make build` (python -m course_utils.build)"
+
+
+@pytest.mark.parametrize("path", STUDENTS, ids=lambda p: p.name)
+def test_student_edition_has_no_solutions_and_no_outputs(path):
+    for cell in _code_cells(path):
+        assert build.BEGIN not in cell.source and build.END not in cell.source
+        assert cell.outputs == [] and cell.execution_count is None
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
+def test_every_check_call_names_a_registered_exercise_of_its_chapter(path):
+    ids = {ex.id for ex in checking.chapter_exercises(_chapter(path))}
+    called = {f"ch{_chapter(path)}.{name}" for cell in _code_cells(path) for name in CHECK_CALL.findall(cell.source)}
+    assert called <= ids, f"{path.name} calls checks of unregistered exercises: {sorted(called - ids)}"
+    assert ids <= called, f"{path.name} never checks {sorted(ids - called)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", STUDENTS, ids=lambda p: p.name)
+def test_student_edition_runs_top_to_bottom_and_every_check_is_not_attempted(path, tmp_path):
+    from nbclient import NotebookClient
+
+    copy = tmp_path / path.name
+    shutil.copy(path, copy)
+    nb = nbformat.read(copy, as_version=4)
+    # Cells tagged raises-exception may fail (they demonstrate errors); any other error fails this test.
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    results = []
+    for cell in nb.cells:
+        if cell.cell_type != "code" or not CHECK_CALL.search(cell.source):
+            continue
+        texts = [out.get("data", {}).get("text/plain", "") + out.get("text", "") for out in cell.outputs]
+        results += [line for text in texts for line in text.splitlines() if line.startswith("[")]
+    assert results, f"no check results shown in {path.name}"
+    assert all(line.startswith("[NOT ATTEMPTED]") for line in results), results
