@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export COURSE_UTILS_STRICT ?= 1
 PYTEST_NOTEBOOKS := --nbval --nbval-current-env --nbval-cell-timeout=300 --sanitize-with tests/sanitize.cfg
 
-.PHONY: help install lab test test-fast build lint format clean
+.PHONY: help install lab test test-fast build lint format grade grade-nbval clean
 
 help:
 	@echo "make lab        open the course in JupyterLab (installs first if needed)"
@@ -15,6 +15,8 @@ help:
 	@echo "make build      regenerate the student notebooks from notebooks/solutions/"
 	@echo "make lint       ruff check + ruff format --check"
 	@echo "make format     ruff format + ruff check --fix"
+	@echo "make grade SUBMISSIONS=dir [CHAPTER=N]   grade a folder of notebooks -> grades.csv, feedback/"
+	@echo "make grade-nbval NOTEBOOK=file.ipynb      nbval fails exactly at the exercises that do not pass"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +44,16 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+grade: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || (echo "usage: make grade SUBMISSIONS=folder [CHAPTER=N]"; exit 2)
+	$(BIN)/python -m course_utils.grade "$(SUBMISSIONS)" $(if $(CHAPTER),--chapter $(CHAPTER)) \
+		--out grades.csv --feedback-dir feedback
+
+grade-nbval: $(STAMP)
+	@test -n "$(NOTEBOOK)" || (echo "usage: make grade-nbval NOTEBOOK=file.ipynb"; exit 2)
+	COURSE_UTILS_GRADING=1 COURSE_UTILS_STRICT=0 $(BIN)/python -m pytest -p no:cacheprovider \
+		--nbval-lax --nbval-current-env --nbval-cell-timeout=120 "$(NOTEBOOK)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
