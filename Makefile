@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export COURSE_UTILS_STRICT ?= 1
 PYTEST_NOTEBOOKS := --nbval --nbval-current-env --nbval-cell-timeout=300 --sanitize-with tests/sanitize.cfg
 
-.PHONY: help install lab test test-fast build lint format grade grade-nbval clean
+.PHONY: help install lab test test-fast build lint format grade grade-nbval bench clean
 
 help:
 	@echo "make lab        open the course in JupyterLab (installs first if needed)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test-fast  unit tests only, no notebook runs"
 	@echo "make build      regenerate the student notebooks from notebooks/solutions/"
 	@echo "make lint       ruff check + ruff format --check"
+	@echo "make bench      time every notebook, check and the test suite -> bench/results.md"
 	@echo "make format     ruff format + ruff check --fix"
 	@echo "make grade SUBMISSIONS=dir [CHAPTER=N]   grade a folder of notebooks -> grades.csv, feedback/"
 	@echo "make grade-nbval NOTEBOOK=file.ipynb      nbval fails exactly at the exercises that do not pass"
@@ -54,6 +55,9 @@ grade-nbval: $(STAMP)
 	@test -n "$(NOTEBOOK)" || (echo "usage: make grade-nbval NOTEBOOK=file.ipynb"; exit 2)
 	COURSE_UTILS_GRADING=1 COURSE_UTILS_STRICT=0 $(BIN)/python -m pytest -p no:cacheprovider \
 		--nbval-lax --nbval-current-env --nbval-cell-timeout=120 "$(NOTEBOOK)"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

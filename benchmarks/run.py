@@ -1,0 +1,134 @@
+"""`make bench`: measure the course on this machine and write bench/results.md and bench/results.json.
+
+    python benchmarks/run.py [--skip-test-suite] [--out bench]
+
+Per notebook: wall time and peak memory (the kernel's VmHWM) executing the source edition. Per exercise: the
+median time of a check call on the reference answer. The chapter-2 U-Net training (Dice and time), when that
+chapter's benchmark exists. The total `make test` time, unless skipped.
+Targets (2-core machine): notebook < 60 s and < 1.5 GB, check < 1 s, test suite < 5 min after installation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+from nbclient import NotebookClient
+
+from course_utils import checking
+from course_utils.paths import REPO_DIR, SOLUTIONS_NOTEBOOKS_DIR
+
+NOTEBOOK_SECONDS, NOTEBOOK_BYTES, CHECK_SECONDS, SUITE_SECONDS = 60.0, 1.5e9, 1.0, 300.0
+
+
+def _peak_rss(pid: int) -> int:
+    """Peak resident memory of a live process, from /proc (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def bench_notebook(path: Path) -> dict:
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    with client.setup_kernel():
+        kernel_pid = client.km.provisioner.process.pid
+        for index, cell in enumerate(nb.cells):
+            client.execute_cell(cell, index)
+        wall = time.perf_counter() - start
+        peak = _peak_rss(kernel_pid)
+    return {"notebook": path.name, "seconds": round(wall, 1), "peak_mb": round(peak / 1e6)}
+
+
+def bench_checks(repeats: int = 5) -> list[dict]:
+    rows = []
+    for ex in checking.registry().values():
+        if not ex.checker.__module__.startswith("course_utils.checks."):
+            continue
+        module = importlib.import_module(ex.checker.__module__.replace(".checks.", ".solutions."))
+        namespace = {name: getattr(module, name) for name in ex.names}
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            result = checking.run(ex.id, namespace)
+            times.append(time.perf_counter() - start)
+        rows.append(
+            {"exercise": ex.id, "median_ms": round(1000 * statistics.median(times), 1), "status": result.status}
+        )
+    return rows
+
+
+def bench_unet() -> dict | None:
+    script = REPO_DIR / "benchmarks" / "bench_ch02_unet.py"
+    if not script.exists():
+        return None
+    out = subprocess.run([sys.executable, str(script), "--json"], capture_output=True, text=True, cwd=REPO_DIR)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"error": out.stderr[-500:]}
+
+
+def bench_test_suite() -> dict:
+    start = time.perf_counter()
+    result = subprocess.run(["make", "test"], cwd=REPO_DIR, capture_output=True, text=True)
+    summary = [line for line in result.stdout.splitlines() if " passed" in line or " failed" in line]
+    return {"seconds": round(time.perf_counter() - start), "exit": result.returncode, "summary": summary[-1:]}
+
+
+def _markdown(report: dict) -> str:
+    ok = lambda good: "yes" if good else "**no**"  # noqa: E731
+    lines = [
+        f"# Benchmark ({report['machine']})",
+        "",
+        "| Notebook | Wall time (s) | Peak memory (MB) | Meets targets |",
+    ]
+    lines.append("|---|---:|---:|---|")
+    for r in report["notebooks"]:
+        good = r["seconds"] < NOTEBOOK_SECONDS and r["peak_mb"] * 1e6 < NOTEBOOK_BYTES
+        lines.append(f"| {r['notebook']} | {r['seconds']} | {r['peak_mb']} | {ok(good)} |")
+    checks = report["checks"]
+    slowest = max(checks, key=lambda r: r["median_ms"])
+    median = statistics.median(r["median_ms"] for r in checks)
+    lines += ["", f"Check calls: {len(checks)} exercises, median {median:.0f} ms, slowest {slowest['exercise']} "]
+    lines[-1] += f"{slowest['median_ms']:.0f} ms (target < 1000 ms: {ok(slowest['median_ms'] < 1000 * CHECK_SECONDS)})."
+    if report.get("unet"):
+        lines += ["", f"Chapter 2 U-Net: {json.dumps(report['unet'])}"]
+    if report.get("test_suite"):
+        suite = report["test_suite"]
+        lines += ["", f"`make test`: {suite['seconds']} s, exit {suite['exit']} {' '.join(suite['summary'])} "]
+        lines[-1] += f"(target < {SUITE_SECONDS:.0f} s: {ok(suite['seconds'] < SUITE_SECONDS)})."
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-test-suite", action="store_true", help="do not time `make test`")
+    parser.add_argument("--out", type=Path, default=REPO_DIR / "bench")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("COURSE_UTILS_STRICT", "1")
+    machine = f"{platform.machine()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
+    report = {"machine": machine, "load_before": os.getloadavg()[0]}
+    report["notebooks"] = [bench_notebook(p) for p in sorted(SOLUTIONS_NOTEBOOKS_DIR.glob("*.ipynb"))]
+    report["checks"] = bench_checks()
+    report["unet"] = bench_unet()
+    report["test_suite"] = None if args.skip_test_suite else bench_test_suite()
+    args.out.mkdir(exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "results.md").write_text(_markdown(report))
+    print(_markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The grader on fixture submissions built from the chapter 1 student edition.
+
+Fixtures keep the student edition's import, exercise and check cells (the explanatory demos only cost time) and
+then act like learners: solve everything, leave it untouched, answer wrong, loop forever, ignore interrupts, kill
+the kernel, damage the file, delete the check cells, or patch the checker.
+"""
+
+import copy
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+from course_utils import checking, grade
+from course_utils.paths import NOTEBOOKS_DIR, SOLUTIONS_NOTEBOOKS_DIR
+
+NAME = "01_model_definition.ipynb"
+FULL_MARKS = sum(ex.points for ex in checking.chapter_exercises(1))
+WRONG_BUILD_MLP = """\
+def build_mlp(sizes):
+    layers = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+"""
+PATCH_CHECKER = """\
+import course_utils.checking as checking
+from course_utils.checks import ch01_model_definition as checks
+checking.run = lambda exercise_id, namespace: checking.CheckResult(exercise_id, "", "pass", "patched")
+checking.chapter_exercises = lambda chapter: []
+checks.check_build_mlp = lambda *args: None
+"""
+
+
+def _is_check(cell) -> bool:
+    return "check_" in cell.source and "import" not in cell.source
+
+
+def _student() -> nbformat.NotebookNode:
+    """The student edition with only its import, exercise and check cells."""
+    nb = nbformat.read(NOTEBOOKS_DIR / NAME, as_version=4)
+    nb.cells = [
+        c
+        for c in nb.cells
+        if c.cell_type == "code" and ("import " in c.source or "YOUR CODE HERE" in c.source or _is_check(c))
+    ]
+    return nb
+
+
+def _solved() -> nbformat.NotebookNode:
+    solutions = {c.id: c.source for c in nbformat.read(SOLUTIONS_NOTEBOOKS_DIR / NAME, as_version=4).cells}
+    nb = _student()
+    for cell in nb.cells:
+        if "YOUR CODE HERE" in cell.source:
+            cell.source = solutions[cell.id]
+    return nb
+
+
+def _with_cell(nb: nbformat.NotebookNode, source: str, position: int) -> nbformat.NotebookNode:
+    nb = copy.deepcopy(nb)
+    cell = nbformat.v4.new_code_cell(source)
+    cell.id = f"extra-{position}"
+    nb.cells.insert(position, cell)
+    return nb
+
+
+def _after_imports(nb: nbformat.NotebookNode) -> int:
+    return next(i for i, c in enumerate(nb.cells) if "YOUR CODE HERE" in c.source or "BEGIN" in c.source)
+
+
+def _wrong() -> nbformat.NotebookNode:
+    nb = _solved()
+    for cell in nb.cells:
+        if cell.source.lstrip("# \n").count("def build_mlp"):
+            cell.source = WRONG_BUILD_MLP
+    return nb
+
+
+@pytest.fixture(scope="module")
+def submissions(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("submissions")
+    solved, student = _solved(), _student()
+    fixtures = {
+        "complete": solved,
+        "untouched": student,
+        "wrong": _wrong(),
+        "endless_loop": _with_cell(solved, "while True:\n    pass", _after_imports(solved)),
+        "kernel_dies": _with_cell(solved, "import os\n\nos._exit(1)", _after_imports(solved)),
+        "no_check_cells": nbformat.v4.new_notebook(
+            cells=[c for c in solved.cells if not _is_check(c)], metadata=solved.metadata
+        ),
+        "patched_checker": _with_cell(student, PATCH_CHECKER, len(student.cells)),
+    }
+    for name, nb in fixtures.items():
+        nbformat.write(nb, folder / f"{name}.ipynb")
+    (folder / "invalid_json.ipynb").write_text('{"cells": [', encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def graded(submissions, tmp_path_factory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("out")
+    argv = [str(submissions), "--out", str(out / "grades.csv"), "--feedback-dir", str(out / "feedback")]
+    argv += ["--chapter", "1", "--jobs", "2", "--cell-timeout", "15", "--timeout", "90"]
+    assert grade.main(argv) == 0
+    with (out / "grades.csv").open(encoding="utf-8") as f:
+        rows = {Path(row["file"]).stem: row for row in csv.DictReader(f)}
+    for name, row in rows.items():
+        row["feedback"] = (out / "feedback" / f"{name}.md").read_text(encoding="utf-8")
+    return rows
+
+
+def _points(row: dict) -> int:
+    return int(row["total"])
+
+
+@pytest.mark.slow
+def test_a_complete_submission_gets_full_marks(graded):
+    row = graded["complete"]
+    assert (row["status"], _points(row), int(row["max"])) == ("ok", FULL_MARKS, FULL_MARKS)
+    assert all(row[ex.id] == str(ex.points) for ex in checking.chapter_exercises(1))
+
+
+@pytest.mark.slow
+def test_an_untouched_submission_gets_zero_and_not_attempted_feedback(graded):
+    row = graded["untouched"]
+    assert (row["status"], _points(row)) == ("ok", 0)
+    assert row["feedback"].count("Not attempted.") == len(checking.chapter_exercises(1))
+
+
+@pytest.mark.slow
+def test_a_wrong_answer_loses_its_points_and_gets_the_checkers_message(graded):
+    row = graded["wrong"]
+    assert row["status"] == "ok" and row["ch1.build_mlp"] == "0"
+    assert _points(row) == FULL_MARKS - checking.registry()["ch1.build_mlp"].points
+    assert "Failed. The layers of build_mlp([784, 256, 10]) have no names" in row["feedback"]
+    assert "Hint: Pass an OrderedDict" in row["feedback"]
+
+
+@pytest.mark.slow
+def test_an_endless_loop_is_interrupted_and_the_rest_is_still_graded(graded):
+    row = graded["endless_loop"]
+    assert (row["status"], _points(row)) == ("ok", FULL_MARKS)
+    assert "interrupted after 15 s" in row["notes"]
+
+
+@pytest.mark.slow
+def test_a_kernel_that_dies_is_reported(graded):
+    row = graded["kernel_dies"]
+    assert (row["status"], _points(row)) == ("kernel died", 0)
+    assert "kernel stopped" in row["feedback"]
+
+
+@pytest.mark.slow
+def test_invalid_json_is_unreadable(graded):
+    row = graded["invalid_json"]
+    assert (row["status"], _points(row)) == ("unreadable", 0)
+
+
+@pytest.mark.slow
+def test_deleting_the_check_cells_changes_nothing(graded):
+    assert (graded["no_check_cells"]["status"], _points(graded["no_check_cells"])) == ("ok", FULL_MARKS)
+
+
+@pytest.mark.slow
+def test_a_monkey_patched_checker_changes_nothing(graded):
+    row = graded["patched_checker"]
+    assert (row["status"], _points(row)) == ("ok", 0)
+
+
+@pytest.mark.slow
+def test_a_loop_that_ignores_interrupts_is_killed_with_its_kernel(tmp_path):
+    stubborn = (
+        "import time\n\nwhile True:\n    try:\n        time.sleep(0.05)\n    except KeyboardInterrupt:\n        pass"
+    )
+    path = tmp_path / "stubborn.ipynb"
+    nbformat.write(_with_cell(_student(), stubborn, _after_imports(_student())), path)
+    result = grade.grade_notebook(path, cell_timeout=3, timeout=10)
+    assert (result.status, result.total) == ("timeout", 0)
+    assert result.notes == "killed after 10 s"
+
+
+@pytest.mark.slow
+def test_no_process_is_left_behind(graded):
+    assert psutil.Process().children(recursive=True) == []
+
+
+def test_the_chapter_is_detected_from_imports_then_from_the_file_name():
+    assert grade.detect_chapter(_student(), "alice.ipynb") == 1
+    empty = nbformat.v4.new_notebook()
+    assert grade.detect_chapter(empty, "03_model_modification.ipynb") == 3
+    assert grade.detect_chapter(empty, "alice.ipynb") is None
+
+
+def test_a_notebook_of_unknown_chapter_is_reported_without_running(tmp_path):
+    path = tmp_path / "alice.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(), path)
+    assert grade.grade_notebook(path).status == "unknown chapter"
+
+
+def test_the_grader_fails_only_for_its_own_errors(tmp_path, capsys):
+    assert grade.main([str(tmp_path / "missing")]) == 2
+    assert grade.main([str(tmp_path), "--chapter", "42"]) == 2
+    assert grade.main([str(tmp_path), "--out", str(tmp_path / "g.csv")]) == 0
+    assert (tmp_path / "g.csv").read_text().startswith("file,chapter,status")
+
+
+@pytest.mark.slow
+def test_nbval_lax_in_graded_mode_fails_exactly_at_the_exercises_that_do_not_pass(tmp_path):
+    path = tmp_path / "wrong.ipynb"
+    nbformat.write(_wrong(), path)
+    env = {**os.environ, "COURSE_UTILS_GRADING": "1", "COURSE_UTILS_STRICT": "0"}
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env"]
+    result = subprocess.run([*command, str(path)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert "1 failed" in result.stdout, result.stdout[-2000:]
+    assert "[FAIL] ch1.build_mlp" in result.stdout
+    assert "course_utils/checking.py" not in result.stdout, "graded mode must not show a traceback"
