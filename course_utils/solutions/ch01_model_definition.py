@@ -99,9 +99,8 @@ class FixedNet(nn.Module):
         ### END SOLUTION
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ### BEGIN SOLUTION
+        # BrokenNet's forward, unchanged: only the registration in __init__ needs fixing.
         for layer in self.layers[:-1]:
             x = torch.relu(layer(x))
         logits = self.layers[-1](x) * self.scale
         return logits
-        ### END SOLUTION
