@@ -29,8 +29,9 @@ install: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks
 
+# Two pytest workers each run a kernel on this 2-core machine: one torch thread each avoids oversubscription.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadscope $(PYTEST_NOTEBOOKS) tests notebooks/solutions
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope $(PYTEST_NOTEBOOKS) tests notebooks/solutions
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" tests

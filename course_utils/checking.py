@@ -312,12 +312,15 @@ def _time_budget(seconds: float) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _isolated() -> Iterator[None]:
-    """Fork every RNG, seed it, and swallow the learner's prints and warnings."""
+    """Fork every RNG, seed it, use one thread, and swallow the learner's prints and warnings."""
     import numpy as np
     import torch
 
     python_state = random.getstate()
     numpy_state = np.random.get_state()
+    threads = torch.get_num_threads()
+    # Checks run tiny inputs: one thread is faster, and steadier when other processes share the cores.
+    torch.set_num_threads(1)
     try:
         with (
             torch.random.fork_rng(devices=[]),
@@ -331,6 +334,7 @@ def _isolated() -> Iterator[None]:
             np.random.seed(0)
             yield
     finally:
+        torch.set_num_threads(threads)
         random.setstate(python_state)
         np.random.set_state(numpy_state)
 

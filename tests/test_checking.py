@@ -291,3 +291,17 @@ def test_first_line_drops_addresses_and_long_tails():
     assert checking.first_line(error) == "object <Net> broke"
     assert checking.first_line(RuntimeError("")) == "(no message)"
     assert len(checking.first_line(RuntimeError("y" * 500))) == 200
+
+
+def test_checks_run_on_one_thread_and_restore_the_learners_setting():
+    @exercise("ch99.threads", title="Threads", names=["value"])
+    def _check_threads(value):
+        return f"{torch.get_num_threads()} thread"
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert run("ch99.threads", {"value": 1}).message == "1 thread"
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
