@@ -6,12 +6,13 @@ STAMP := $(VENV)/.installed
 export COURSE_UTILS_STRICT ?= 1
 PYTEST_NOTEBOOKS := --nbval --nbval-current-env --nbval-cell-timeout=300 --sanitize-with tests/sanitize.cfg
 
-.PHONY: help install lab test test-fast build lint format grade grade-nbval bench clean
+.PHONY: help install lab test test-fast test-browser build lint format grade grade-nbval bench clean
 
 help:
 	@echo "make lab        open the course in JupyterLab (installs first if needed)"
 	@echo "make test       run the whole test suite (installs first if needed)"
 	@echo "make test-fast  unit tests only, no notebook runs"
+	@echo "make test-browser  the student notebooks in JupyterLab in headless Chromium (needs /usr/bin/chromium)"
 	@echo "make build      regenerate the student notebooks from notebooks/solutions/"
 	@echo "make lint       ruff check + ruff format --check"
 	@echo "make bench      time every notebook, check and the test suite -> bench/results.md"
@@ -26,12 +27,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# JupyterLab refuses to run as root without --allow-root (containers, CI); learners' own accounts never need it.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: $(STAMP)
-	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks
+	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks $(ALLOW_ROOT)
 
 # Two pytest workers each run a kernel on this 2-core machine: one torch thread each avoids oversubscription.
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope $(PYTEST_NOTEBOOKS) tests notebooks/solutions
+
+test-browser: $(STAMP)
+	@test -x /usr/bin/chromium || (echo "Chromium not found: sudo apt-get install chromium (Debian/Ubuntu)"; exit 2)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m browser tests/test_browser.py
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" tests

@@ -1,0 +1,181 @@
+"""The student edition in a real browser: JupyterLab on loopback, headless Chromium, Run All, look at the page.
+
+Needs Debian's Chromium at /usr/bin/chromium (`.ci/run` installs it); skipped with a message where it is missing.
+Run it alone with `make test-browser`. Screenshots land in `screenshots/` for a person to look at.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_utils.paths import NOTEBOOKS_DIR, REPO_DIR
+
+CHROMIUM = Path(os.environ.get("COURSE_CHROMIUM", "/usr/bin/chromium"))
+STUDENTS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+SCREENSHOTS = REPO_DIR / "screenshots"
+TOKEN = "course-browser-test"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SETTINGS = {  # user settings for the test's JupyterLab: render every cell, never fetch news
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
+}
+# Summarise what the open notebook's model holds and what the page rendered.
+_SUMMARY_JS = """() => {
+  const panel = window.jupyterapp.shell.currentWidget;
+  const cells = [];
+  for (const cell of panel.content.model.cells) {
+    if (cell.type !== 'code') continue;
+    const outputs = cell.outputs.toJSON();
+    cells.push({
+      source: cell.sharedModel.getSource(),
+      tags: cell.getMetadata('tags') || [],
+      count: cell.executionCount,
+      errors: outputs.filter(o => o.output_type === 'error').map(o => o.ename + ': ' + o.evalue),
+      images: outputs.filter(o => o.data && o.data['image/png']).length,
+      widgets: outputs.filter(o => o.data && o.data['application/vnd.jupyter.widget-view+json']).length,
+    });
+  }
+  const images = [...document.querySelectorAll('.jp-RenderedImage img')];
+  return {
+    cells,
+    busy: [...document.querySelectorAll('.jp-InputPrompt')].some(p => p.textContent.includes('*')),
+    kernel: panel.sessionContext.session && panel.sessionContext.session.kernel
+      ? panel.sessionContext.session.kernel.status : 'none',
+    checkBoxes: [...document.querySelectorAll('.course-check')].map(b => b.dataset.status),
+    imagesDrawn: images.filter(i => i.complete && i.naturalWidth > 0).length,
+    progressBars: document.querySelectorAll('.widget-progress, .jupyter-widgets .progress-bar').length,
+  };
+}"""
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Chromium not found at {CHROMIUM}: apt-get install chromium"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lab")
+    for path in STUDENTS:
+        shutil.copy(path, root / path.name)
+    settings = tmp_path_factory.mktemp("settings")
+    for name, value in SETTINGS.items():
+        target = settings / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(value))
+    port = _free_port()
+    env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "COURSE_UTILS_STRICT": "1"}
+    command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1"]
+    command += [f"--ServerApp.port={port}", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}"]
+    command += ["--LabApp.expose_app_in_browser=True", "--ServerApp.open_browser=False"]
+    if os.geteuid() == 0:  # CI runs as root; JupyterLab refuses root unless told
+        command.append("--allow-root")
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("JupyterLab did not start") from None
+                time.sleep(0.5)
+        yield base
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _wait_until_done(page, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        summary = page.evaluate(_SUMMARY_JS)
+        executed = all(c["count"] is not None or not c["source"].strip() for c in summary["cells"])
+        if executed and not summary["busy"] and summary["kernel"] == "idle":
+            return summary
+        if time.monotonic() > deadline:
+            raise AssertionError(f"notebook still running after {timeout_s:.0f} s")
+        time.sleep(1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", STUDENTS, ids=lambda p: p.name)
+def test_student_notebook_runs_all_in_jupyterlab_and_renders(lab, browser, path):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(f"{lab}/lab/tree/{path.name}?token={TOKEN}")
+        page.wait_for_function(
+            "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+            " && window.jupyterapp.shell.currentWidget.sessionContext.session"
+            " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
+            " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'",
+            timeout=90_000,
+        )
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        summary = _wait_until_done(page, timeout_s=240)
+        SCREENSHOTS.mkdir(exist_ok=True)
+        shot = SCREENSHOTS / f"{path.stem}.png"
+        page.screenshot(path=str(shot))
+        for what, selector in (("check", ".course-check"), ("plot", ".jp-RenderedImage img")):
+            element = page.locator(selector).first
+            if element.count():
+                element.scroll_into_view_if_needed()
+                page.screenshot(path=str(SCREENSHOTS / f"{path.stem}_{what}.png"))
+    finally:
+        page.close()
+
+    unexpected = [c["errors"] for c in summary["cells"] if c["errors"] and "raises-exception" not in c["tags"]]
+    assert not unexpected, f"cells raised errors: {unexpected}"
+    demonstrated = [c for c in summary["cells"] if "raises-exception" in c["tags"]]
+    assert all(c["errors"] for c in demonstrated), "a raises-exception cell did not raise"
+    check_cells = [c for c in summary["cells"] if "check_" in c["source"] and "import" not in c["source"]]
+    assert len(summary["checkBoxes"]) >= len(check_cells) > 0, summary["checkBoxes"]
+    assert set(summary["checkBoxes"]) == {"not_attempted"}
+    expected_images = sum(c["images"] for c in summary["cells"])
+    assert summary["imagesDrawn"] >= expected_images, f"{summary['imagesDrawn']} of {expected_images} plots drawn"
+    if any(c["widgets"] for c in summary["cells"]):
+        assert summary["progressBars"] > 0, "progress bars did not render"
+    assert shot.stat().st_size > 20_000, "the screenshot looks blank"
+
+
+def test_the_student_notebooks_to_open_exist():
+    assert STUDENTS and all(nbformat.read(p, as_version=4).cells for p in STUDENTS)
