@@ -64,3 +64,12 @@ def test_readme_quick_start_is_the_two_make_commands():
 
 def test_ci_runs_make_test():
     assert "make test" in (REPO_DIR / ".ci" / "run").read_text()
+
+
+def test_binder_installs_the_pinned_torch_and_the_course():
+    post_build = (REPO_DIR / "binder" / "postBuild").read_text()
+    pins = [r for r in _pyproject()["project"]["dependencies"] if r.startswith(("torch==", "torchvision=="))]
+    assert all(pin in post_build for pin in pins) and len(pins) == 2
+    assert "pip install --no-cache-dir -e ." in post_build
+    environment = yaml.safe_load((REPO_DIR / "binder" / "environment.yml").read_text())
+    assert "python=3.11" in environment["dependencies"]
