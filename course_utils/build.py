@@ -9,6 +9,8 @@ Two steps, for every ``notebooks/solutions/NN_name.ipynb``:
    leading comment lines, which are kept) must be the source of the top-level functions and classes it
    defines, copied from the chapter's reference module ``course_utils.solutions.chNN_name``. The build
    rewrites the cell from the package, so the package is the only copy that anyone edits.
+   It also makes the first code cell of every notebook the Colab install cell (tagged ``nbval-skip``; it does
+   nothing outside Colab), built from ``[project.urls] Repository`` in ``pyproject.toml``.
 2. **Generate.** The student edition ``notebooks/NN_name.ipynb`` is the source edition with every solution
    region replaced by a stub, outputs and execution counts cleared, and only cell tags kept as metadata.
    Stubs never raise when their cell runs: inside a body the stub is ``raise NotImplementedError``; at the
@@ -24,17 +26,32 @@ import importlib
 import inspect
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import nbformat
 
-from course_utils.paths import NOTEBOOKS_DIR, SOLUTIONS_NOTEBOOKS_DIR
+from course_utils.paths import NOTEBOOKS_DIR, REPO_DIR, SOLUTIONS_NOTEBOOKS_DIR
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 STUB_COMMENT = "# YOUR CODE HERE"
 _REGION = re.compile(rf"^([ \t]*){re.escape(BEGIN)}[ \t]*\n(.*?)^[ \t]*{re.escape(END)}[ \t]*(\n|\Z)", re.M | re.S)
 _NOTEBOOK_NAME = re.compile(r"^(\d\d)_([a-z0-9_]+?)(?:_[ab])?$")
+
+
+COLAB_CELL_ID = "colab-install"
+_COLAB_CELL = """\
+# On Google Colab only: fetch and install the course, then carry on (this cell does nothing anywhere else).
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    repository = "{url}"
+    subprocess.run(["git", "clone", "--depth", "1", repository, "/content/course"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/course"], check=True)
+    sys.path.insert(0, "/content/course")"""
 
 
 class BuildError(Exception):
@@ -102,6 +119,30 @@ def inject_references(nb: nbformat.NotebookNode, module_name: str, label: str) -
     return changed
 
 
+def colab_cell_source() -> str:
+    """The Colab install cell, for the repository named in ``pyproject.toml``."""
+    urls = tomllib.loads((REPO_DIR / "pyproject.toml").read_text(encoding="utf-8"))["project"]["urls"]
+    return _COLAB_CELL.format(url=urls["Repository"])
+
+
+def ensure_colab_cell(nb: nbformat.NotebookNode) -> bool:
+    """Make the Colab install cell the first code cell. Returns whether anything changed."""
+    source = colab_cell_source()
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    first = code[0] if code else None
+    if first is not None and first.get("id") == COLAB_CELL_ID:
+        if first.source == source and first.metadata.get("tags") == ["nbval-skip"]:
+            return False
+        first.source = source
+        first.metadata["tags"] = ["nbval-skip"]
+        return True
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["nbval-skip"]})
+    cell.id = COLAB_CELL_ID
+    position = nb.cells.index(first) if first is not None else len(nb.cells)
+    nb.cells.insert(position, cell)
+    return True
+
+
 def _stub(match: re.Match[str]) -> str:
     indent, body = match.group(1), match.group(2)
     if indent:
@@ -155,10 +196,14 @@ def build(check: bool = False, source_dir: Path | None = None, out_dir: Path | N
     for path in sources:
         label = f"{path.parent.name}/{path.name}"
         nb = nbformat.read(path, as_version=4)
+        changes = []
         if inject_references(nb, reference_module_name(path), label):
-            drift.append(f"{label}: exercise cells differ from {reference_module_name(path)}")
-            if not check:
-                path.write_text(_dumps(nb), encoding="utf-8")
+            changes.append(f"{label}: exercise cells differ from {reference_module_name(path)}")
+        if ensure_colab_cell(nb):
+            changes.append(f"{label}: the Colab install cell is missing or out of date")
+        if changes and not check:
+            path.write_text(_dumps(nb), encoding="utf-8")
+        drift += changes
         target = out_dir / path.name
         text = _dumps(student_edition(nb))
         if not target.exists() or target.read_text(encoding="utf-8") != text:

@@ -90,10 +90,10 @@ def test_build_injects_the_reference_source_and_writes_the_student_edition(dirs)
     source_dir, out_dir = dirs
     _write(source_dir / "01_model_definition.ipynb", _notebook(EXERCISE_CELL))
     changes = build.build(source_dir=source_dir, out_dir=out_dir)
-    assert len(changes) == 2
-    injected = nbformat.read(source_dir / "01_model_definition.ipynb", as_version=4).cells[1].source
+    assert len(changes) == 3
+    injected = nbformat.read(source_dir / "01_model_definition.ipynb", as_version=4).cells[2].source
     assert injected == "# Exercise: write build_mlp.\n" + inspect.getsource(ref.build_mlp).rstrip("\n")
-    student = nbformat.read(out_dir / "01_model_definition.ipynb", as_version=4).cells[1].source
+    student = nbformat.read(out_dir / "01_model_definition.ipynb", as_version=4).cells[2].source
     assert "### BEGIN SOLUTION" not in student and "OrderedDict()" not in student
     assert student.startswith("# Exercise: write build_mlp.\ndef build_mlp(sizes: list[int]) -> nn.Sequential:")
     assert student.endswith("    # YOUR CODE HERE\n    raise NotImplementedError")
@@ -108,6 +108,7 @@ def test_check_reports_drift_and_changes_nothing(dirs):
     drift = build.build(check=True, source_dir=source_dir, out_dir=out_dir)
     assert drift == [
         "solutions/01_model_definition.ipynb: exercise cells differ from course_utils.solutions.ch01_model_definition",
+        "solutions/01_model_definition.ipynb: the Colab install cell is missing or out of date",
         "student/01_model_definition.ipynb: student edition is out of date",
     ]
     assert path.read_text() == before and not (out_dir / "01_model_definition.ipynb").exists()
@@ -158,3 +159,19 @@ def test_main_exits_non_zero_on_drift_and_zero_when_clean(dirs, monkeypatch, cap
     assert build.main([]) == 0
     assert build.main(["--check"]) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+def test_the_colab_cell_comes_first_is_skipped_by_nbval_and_is_added_once():
+    nb = _notebook("x = 1")
+    assert build.ensure_colab_cell(nb) is True
+    assert build.ensure_colab_cell(nb) is False
+    first = next(cell for cell in nb.cells if cell.cell_type == "code")
+    assert first.id == build.COLAB_CELL_ID and first.metadata["tags"] == ["nbval-skip"]
+    assert 'if "google.colab" in sys.modules:' in first.source
+    assert [cell.source for cell in nb.cells if cell.cell_type == "code"][1] == "x = 1"
+
+
+def test_the_colab_cell_does_nothing_outside_colab():
+    namespace: dict = {}
+    exec(compile(build.colab_cell_source(), "<colab>", "exec"), namespace)
+    assert "subprocess" not in namespace
