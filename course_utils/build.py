@@ -164,6 +164,7 @@ def strip_solutions(source: str) -> str:
 def student_edition(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The student edition of a source-edition notebook."""
     student = copy.deepcopy(nb)
+    student.metadata.pop("widgets", None)  # progress-bar widget state: outputs that the student edition drops
     for cell in student.cells:
         tags = cell.get("metadata", {}).get("tags", [])
         cell.metadata = nbformat.NotebookNode({"tags": list(tags)} if tags else {})

@@ -72,7 +72,9 @@ def test_unbalanced_markers_are_an_error():
 
 def test_student_edition_clears_outputs_and_keeps_only_tags():
     nb = _notebook("x = 1")
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
     student = build.student_edition(nb)
+    assert "widgets" not in student.metadata
     cell = student.cells[1]
     assert cell.outputs == [] and cell.execution_count is None
     assert cell.metadata == {"tags": ["nbval-ignore-output"]}
