@@ -16,10 +16,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import CHROMIUM, STALLS_AT_TRAINING
 
 from course_utils.paths import NOTEBOOKS_DIR, REPO_DIR
 
-CHROMIUM = Path(os.environ.get("COURSE_CHROMIUM", "/usr/bin/chromium"))
 STUDENTS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 SCREENSHOTS = REPO_DIR / "screenshots"
 TOKEN = "course-browser-test"
@@ -65,6 +65,12 @@ _SUMMARY_JS = """() => {
   };
 }"""
 
+_SCROLL_TO_FIRST_VISIBLE_JS = """(selector) => {
+  const element = [...document.querySelectorAll(selector)].find(e => e.offsetParent !== null);
+  if (element) element.scrollIntoView({block: 'center'});
+  return Boolean(element);
+}"""
+
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Chromium not found at {CHROMIUM}: apt-get install chromium"),
@@ -94,7 +100,8 @@ def lab(tmp_path_factory):
     command += ["--LabApp.expose_app_in_browser=True", "--ServerApp.open_browser=False"]
     if os.geteuid() == 0:  # CI runs as root; JupyterLab refuses root unless told
         command.append("--allow-root")
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(os.environ.get("COURSE_LAB_LOG", os.devnull), "w")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -126,45 +133,48 @@ def browser():
 
 
 def _wait_until_done(page, timeout_s: float) -> dict:
+    """Poll until the kernel has been idle for a few seconds with nothing running (or Run All stopped early)."""
     deadline = time.monotonic() + timeout_s
+    quiet = 0
     while True:
         summary = page.evaluate(_SUMMARY_JS)
-        executed = all(c["count"] is not None or not c["source"].strip() for c in summary["cells"])
-        if executed and not summary["busy"] and summary["kernel"] == "idle":
+        quiet = quiet + 1 if not summary["busy"] and summary["kernel"] == "idle" else 0
+        if quiet >= 3:
             return summary
         if time.monotonic() > deadline:
             raise AssertionError(f"notebook still running after {timeout_s:.0f} s")
         time.sleep(1)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", STUDENTS, ids=lambda p: p.name)
-def test_student_notebook_runs_all_in_jupyterlab_and_renders(lab, browser, path):
+def _run_all_and_inspect(lab: str, browser, path: Path) -> None:
+    """Open ``path`` in JupyterLab, run all cells, and check what the page shows."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     try:
-        page.goto(f"{lab}/lab/tree/{path.name}?token={TOKEN}")
+        # A fresh workspace per notebook: otherwise JupyterLab reopens every notebook opened before it.
+        page.goto(f"{lab}/lab/workspaces/{path.stem}/tree/{path.name}?reset&token={TOKEN}")
         page.wait_for_function(
-            "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-            " && window.jupyterapp.shell.currentWidget.sessionContext.session"
-            " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
-            " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'",
+            "(name) => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+            " return w && w.context && w.context.path === name && w.sessionContext.session"
+            " && w.sessionContext.session.kernel && w.sessionContext.session.kernel.status === 'idle'; }",
+            arg=path.name,
             timeout=90_000,
         )
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-        summary = _wait_until_done(page, timeout_s=240)
+        summary = _wait_until_done(page, timeout_s=480)
         SCREENSHOTS.mkdir(exist_ok=True)
         shot = SCREENSHOTS / f"{path.stem}.png"
         page.screenshot(path=str(shot))
         for what, selector in (("check", ".course-check"), ("plot", ".jp-RenderedImage img")):
-            element = page.locator(selector).first
-            if element.count():
-                element.scroll_into_view_if_needed()
+            if page.evaluate(_SCROLL_TO_FIRST_VISIBLE_JS, selector):
                 page.screenshot(path=str(SCREENSHOTS / f"{path.stem}_{what}.png"))
     finally:
+        page.evaluate("() => window.jupyterapp && window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
         page.close()
 
     unexpected = [c["errors"] for c in summary["cells"] if c["errors"] and "raises-exception" not in c["tags"]]
     assert not unexpected, f"cells raised errors: {unexpected}"
+    not_run = [c["source"][:80] for c in summary["cells"] if c["count"] is None and c["source"].strip()]
+    assert not not_run, f"Run All stopped before these cells: {not_run[:3]}"
     demonstrated = [c for c in summary["cells"] if "raises-exception" in c["tags"]]
     assert all(c["errors"] for c in demonstrated), "a raises-exception cell did not raise"
     check_cells = [c for c in summary["cells"] if "check_" in c["source"] and "import" not in c["source"]]
@@ -175,6 +185,22 @@ def test_student_notebook_runs_all_in_jupyterlab_and_renders(lab, browser, path)
     if any(c["widgets"] for c in summary["cells"]):
         assert summary["progressBars"] > 0, "progress bars did not render"
     assert shot.stat().st_size > 20_000, "the screenshot looks blank"
+
+
+class _NotebookInJupyterLab:
+    path: Path
+
+    @pytest.mark.slow
+    def test_runs_all_without_errors_and_renders_checks_plots_and_progress_bars(self, lab, browser, request):
+        if self.path.stem in STALLS_AT_TRAINING:
+            request.applymarker(pytest.mark.xfail(reason="Run All stalls at the training cell", strict=True))
+        _run_all_and_inspect(lab, browser, self.path)
+
+
+# One class per notebook: pytest-xdist's --dist loadscope spreads classes, not parametrized cases, over workers.
+for _path in STUDENTS:
+    _name = "TestInJupyterLab_" + _path.stem
+    globals()[_name] = type(_name, (_NotebookInJupyterLab,), {"path": _path})
 
 
 def test_the_student_notebooks_to_open_exist():

@@ -280,6 +280,17 @@ def _expect_buffer(net: nn.Module, name: str, call: str) -> torch.Tensor:
     return buffers[name]
 
 
+def _expect_buffer_follows_to(net: nn.Module, name: str) -> None:
+    """Fail unless the buffer ``name`` changes dtype with ``net.to(torch.float64)`` (as it would change device)."""
+    with step("calling .to(torch.float64) on the module"):
+        net.to(torch.float64)
+    expect(
+        getattr(net, name).dtype == torch.float64,
+        f"{name} did not follow .to(torch.float64), so it would not follow .to('cuda') either.",
+        f"Register it with self.register_buffer({name!r}, ...).",
+    )
+
+
 @exercise("ch1.running_mean", title="A running statistic in a buffer", names=["RunningMean"], points=2)
 def _check_running_mean(RunningMean: Any) -> str:  # noqa: N803 - the learner's class name
     expect_module_class(RunningMean, "RunningMean")
@@ -362,13 +373,7 @@ def _check_running_mean(RunningMean: Any) -> str:  # noqa: N803 - the learner's 
         "running_mean changed in eval mode; it must only change while training.",
         "Update it only when self.training is True.",
     )
-    with step("calling .to(torch.float64) on the module"):
-        net.to(torch.float64)
-    expect(
-        net.running_mean.dtype == torch.float64,
-        "running_mean did not follow .to(torch.float64), so it would not follow .to('cuda') either.",
-        "Register it with self.register_buffer('running_mean', ...).",
-    )
+    _expect_buffer_follows_to(net, "running_mean")
     return "RunningMean keeps a persistent buffer, updates it without autograd history in training only."
 
 
@@ -413,13 +418,7 @@ def _check_fix_registration(FixedNet: Any) -> str:  # noqa: N803 - the learner's
     with torch.no_grad():
         expected = reference(x)
     expect_close(output, expected, f"The output of {call}", "Keep BrokenNet's forward exactly; change only __init__.")
-    with step("calling .to(torch.float64) on the network"):
-        net.to(torch.float64)
-    expect(
-        net.scale.dtype == torch.float64,
-        "scale did not follow .to(torch.float64).",
-        "self.register_buffer('scale', torch.tensor(scale))",
-    )
+    _expect_buffer_follows_to(net, "scale")
     return "FixedNet registers its layers and its scale, so they are trained, moved and saved as they should be."
 
 

@@ -1,0 +1,526 @@
+"""Chapter 5 checkers: initializing parameters, measured.
+
+Initialization is random, so these checkers measure. They fill tensors large enough, with a fixed seed, that the
+sample standard deviation lies within about 0.5% of the true one (18,432 numbers; 0.1% for 400,000), and accept
+4% (3% from 100,000 numbers on). The mistakes they name are further away than that: the wrong fan is 41% or
+more off, tanh's gain for relu's 18%, the wrong leaky-ReLU gain 9%, and normal_(w, 0.01) gives std 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from course_utils.checking import Fail, describe, exercise, expect, make_check, step
+from course_utils.compare import expect_function
+from course_utils.solutions.ch02_model_blocks import ResidualBlock
+
+_FILL = 0.37
+"""What the checkers write into every parameter first, so that 'left alone' and 'changed' are both visible."""
+_GAIN_NAMES = {1.0: "linear's 1", math.sqrt(2.0): "relu's sqrt(2)", 5.0 / 3: "tanh's 5/3", 0.75: "selu's 3/4"}
+
+
+def _std_and_mean(tensor: torch.Tensor) -> tuple[float, float]:
+    values = tensor.detach().double()
+    return values.std().item(), values.mean().item()
+
+
+def _near(value: float, target: float, rel: float) -> bool:
+    return abs(value - target) <= rel * abs(target)
+
+
+def _normal_fraction(tensor: torch.Tensor) -> float:
+    """The fraction of values within one standard deviation of the mean: 0.683 for a normal, 0.577 for a uniform."""
+    values = tensor.detach().double().flatten()
+    return ((values - values.mean()).abs() <= values.std()).double().mean().item()
+
+
+def _fill_every_parameter(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Overwrite every parameter with ``_FILL``; return the parameters, by name, for identity checks."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(_FILL)
+    return dict(model.named_parameters())
+
+
+def _expect_same_parameters(model: nn.Module, before: dict[str, torch.Tensor], who: str) -> None:
+    """Fail when a parameter was replaced by a new object, deleted, or stopped requiring grad."""
+    after = dict(model.named_parameters())
+    for name, parameter in before.items():
+        now = after.get(name)
+        expect(
+            now is not None,
+            f"After {who}, the model has no parameter {name} any more.",
+            "Change the values of a parameter; never delete it or set it to a plain tensor.",
+        )
+        expect(
+            now is parameter,
+            f"After {who}, {name} is a new Parameter object: an optimizer created before would keep updating the "
+            f"old one, which the model no longer uses.",
+            "Fill the existing parameter in place (nn.init.*_ functions, or copy_ under torch.no_grad()).",
+        )
+        expect(
+            now.requires_grad,
+            f"After {who}, {name} no longer requires grad, so it would not be trained.",
+            "Initialize the values only; leave requires_grad as it is.",
+        )
+
+
+# --- ch5.init_weights ---------------------------------------------------------------------------------
+
+
+class _Head(nn.Module):
+    """Modules that init_weights must leave alone, next to a Linear that it must initialize."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.norm = nn.LayerNorm(16)
+        self.scale = nn.Parameter(torch.ones(16))
+        self.fc = nn.Linear(512, 256)
+
+
+def _init_weights_model() -> nn.Sequential:
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(64, 128, 3, padding=1),
+            bn=nn.BatchNorm2d(128),
+            relu=nn.ReLU(),
+            block=nn.Sequential(nn.Conv2d(128, 32, 3, bias=False), nn.BatchNorm2d(32)),
+            head=_Head(),
+        )
+    )
+
+
+def _expect_kaiming_fan_out(weight: torch.Tensor, where: str) -> None:
+    """Fail unless a Conv2d weight looks like kaiming_normal_(mode='fan_out', nonlinearity='relu')."""
+    out_channels, in_channels, *kernel = weight.shape
+    receptive_field = math.prod(kernel)
+    fan_out, fan_in = out_channels * receptive_field, in_channels * receptive_field
+    expected = math.sqrt(2.0 / fan_out)
+    std, mean = _std_and_mean(weight)
+    hint = "nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')"
+    if std == 0.0:
+        found = f"all {weight.flatten()[0].item():.3g}"
+        raise Fail(f"{where} was not initialized (its weight is {found}).", "Handle nn.Conv2d with " + hint + ".")
+    if _near(std, math.sqrt(2.0 / fan_in), 0.04) and not _near(std, expected, 0.04):
+        raise Fail(
+            f"{where} has std {std:.4f}, which is Kaiming's with fan_in = {fan_in}; fan_out = {fan_out} was "
+            f"asked (expected std {expected:.4f}).",
+            "Pass mode='fan_out': " + hint + ".",
+        )
+    if not _near(std, expected, 0.04):
+        ratio = std * math.sqrt(fan_out)
+        gains = [name for gain, name in _GAIN_NAMES.items() if _near(ratio, gain, 0.04)]
+        gain_text = f": the gain is {gains[0]}, not relu's sqrt(2)" if gains else ""
+        raise Fail(
+            f"{where} has std {std:.4f}, expected {expected:.4f} = sqrt(2 / fan_out){gain_text}.",
+            "Pass nonlinearity='relu': " + hint + ".",
+        )
+    expect(
+        abs(mean) <= 0.05 * expected,
+        f"{where} has mean {mean:.4f}; Kaiming's distribution is centred on 0.",
+        hint + ".",
+    )
+    fraction = _normal_fraction(weight)
+    expect(
+        abs(fraction - 0.6827) <= 0.03,
+        f"{where} has the right std but {fraction:.0%} of its values within one std of the mean; a normal "
+        f"distribution has 68% (a uniform one 58%).",
+        "Use kaiming_normal_, not kaiming_uniform_.",
+    )
+
+
+def _expect_zero_bias(bias: torch.Tensor | None, where: str, weight_hint: str) -> None:
+    if bias is None:
+        return
+    values = bias.detach()
+    if torch.equal(values, torch.full_like(values, _FILL)):
+        raise Fail(f"The bias of {where} was left as it was; it must be zero.", "nn.init.zeros_(m.bias)")
+    std, _ = _std_and_mean(values)
+    if std > 0:
+        raise Fail(
+            f"The bias of {where} holds random values (std {std:.3g}); it must be zero.",
+            f"Initialize the weight, not the bias: {weight_hint}, then nn.init.zeros_(m.bias).",
+        )
+    expect(bool((values == 0).all()), f"The bias of {where} must be zero (got {values.flatten()[0].item():.3g}).")
+
+
+def _expect_linear_small_normal(linear: nn.Linear, where: str) -> None:
+    weight = linear.weight.detach()
+    hint = "nn.init.normal_(m.weight, mean=0.0, std=0.01)"
+    std, mean = _std_and_mean(weight)
+    if std == 0.0:
+        value = weight.flatten()[0].item()
+        bias_std = _std_and_mean(linear.bias)[0] if linear.bias is not None else 0.0
+        if bias_std > 0:
+            raise Fail(
+                f"The weight of {where} is all {value:.3g} while its bias is random: you initialized the bias "
+                f"instead of the weight.",
+                f"{hint}, then nn.init.zeros_(m.bias).",
+            )
+        raise Fail(f"{where} was not initialized (its weight is all {value:.3g}).", "Handle nn.Linear with " + hint)
+    if _near(mean, 0.01, 0.2) and _near(std, 1.0, 0.04):
+        raise Fail(
+            f"The weight of {where} has mean {mean:.4f} and std {std:.3f}: normal_(w, 0.01) sets the MEAN to 0.01 "
+            f"and keeps std 1.",
+            "Pass the std by keyword: " + hint + ".",
+        )
+    expect(
+        _near(std, 0.01, 0.04),
+        f"The weight of {where} has std {std:.4f}, expected 0.01.",
+        hint + " (std, not variance: N(0, 0.01^2) has std 0.01).",
+    )
+    expect(abs(mean) <= 0.0005, f"The weight of {where} has mean {mean:.4f}, expected 0.", hint + ".")
+    _expect_zero_bias(linear.bias, where, hint)
+
+
+def _expect_batchnorm(bn: nn.BatchNorm2d, where: str) -> None:
+    weight, bias = bn.weight.detach(), bn.bias.detach()
+    if torch.equal(weight, torch.full_like(weight, _FILL)) and torch.equal(bias, torch.full_like(bias, _FILL)):
+        raise Fail(
+            f"{where} was left as it was (weight and bias still {_FILL}).",
+            "Handle nn.BatchNorm2d: nn.init.ones_(m.weight) and nn.init.zeros_(m.bias).",
+        )
+    if bool((weight == 0).all()) and bool((bias == 1).all()):
+        raise Fail(
+            f"{where} got weight 0 and bias 1: the other way round.", "Weight (the scale) 1, bias (the shift) 0."
+        )
+    expect(
+        bool((weight == 1).all()),
+        f"The weight of {where} must be all 1 (got {weight.flatten()[0].item():.3g}).",
+        "nn.init.ones_(m.weight)",
+    )
+    expect(
+        bool((bias == 0).all()),
+        f"The bias of {where} must be all 0 (got {bias.flatten()[0].item():.3g}).",
+        "nn.init.zeros_(m.bias)",
+    )
+
+
+_LEFT_ALONE = {
+    "head.embed.weight": "an nn.Embedding",
+    "head.norm.weight": "an nn.LayerNorm",
+    "head.norm.bias": "an nn.LayerNorm",
+    "head.scale": "a Parameter of a custom module",
+}
+
+
+def _expect_left_alone(model: nn.Module) -> None:
+    parameters = dict(model.named_parameters())
+    for name, what in _LEFT_ALONE.items():
+        values = parameters[name].detach()
+        expect(
+            torch.equal(values, torch.full_like(values, _FILL)),
+            f"init_weights changed {name}, {what}; modules other than Conv2d, BatchNorm2d and Linear must be left "
+            f"alone.",
+            "Branch on the module's type with isinstance and do nothing for other types; do not loop over "
+            "parameters() or test hasattr(module, 'weight').",
+        )
+
+
+def _apply_hint(failure: Fail) -> str | None:
+    """A hint for the usual crashes of an init function."""
+    if "fewer than 2 dimensions" in failure.message:
+        return "A bias is 1-D and has no fan: pass module.weight to kaiming_normal_, and zero the bias."
+    if "NoneType" in failure.message:
+        return "nn.Conv2d(..., bias=False) has bias None: check `if module.bias is not None` before zeroing it."
+    if "leaf Variable" in failure.message:
+        return "Use the nn.init functions (they work under torch.no_grad()), or wrap in-place changes in it."
+    if "has no attribute" in failure.message:
+        return "Test the module's type first (isinstance(module, nn.Conv2d)); not every module has a weight."
+    return failure.hint
+
+
+@exercise("ch5.init_weights", title="An init function by module type", names=["init_weights"], points=2)
+def _check_init_weights(init_weights: Any) -> str:
+    expect_function(init_weights, "init_weights", "init_weights(module)")
+    model = _init_weights_model()
+    before = _fill_every_parameter(model)
+    try:
+        with step("calling model.apply(init_weights) on a model with Conv2d, BatchNorm2d, Linear and others"):
+            model.apply(init_weights)
+    except Fail as failure:
+        raise Fail(failure.message, _apply_hint(failure)) from None
+    _expect_same_parameters(model, before, "model.apply(init_weights)")
+    _expect_left_alone(model)
+    conv_hint = "nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')"
+    _expect_kaiming_fan_out(model.conv.weight, "The Conv2d(64, 128, 3) at conv")
+    _expect_zero_bias(model.conv.bias, "the Conv2d(64, 128, 3) at conv", conv_hint)
+    _expect_kaiming_fan_out(model.block[0].weight, "The nested Conv2d(128, 32, 3, bias=False) at block.0")
+    _expect_batchnorm(model.bn, "The BatchNorm2d(128) at bn")
+    _expect_batchnorm(model.block[1], "The nested BatchNorm2d(32) at block.1")
+    _expect_linear_small_normal(model.head.fc, "the Linear(512, 256) at head.fc")
+
+    # init_weights(module) initializes that module only: model.apply visits each submodule once.
+    inner = nn.Sequential(nn.Conv2d(16, 16, 3))
+    _fill_every_parameter(inner)
+    with step("calling init_weights(nn.Sequential(nn.Conv2d(16, 16, 3)))"):
+        init_weights(inner)
+    weight = inner[0].weight.detach()
+    expect(
+        torch.equal(weight, torch.full_like(weight, _FILL)),
+        "init_weights(nn.Sequential(conv)) changed the Conv2d inside it: init_weights must initialize only the "
+        "module it is given. model.apply(init_weights) calls it on every submodule already, so a loop inside "
+        "initializes each module again and again.",
+        "Remove the loop over module.modules() / children() from init_weights.",
+    )
+    return (
+        "init_weights gives Conv2d Kaiming fan_out, BatchNorm2d 1 and 0, Linear N(0, 0.01^2), zero biases, "
+        "and leaves every other module alone."
+    )
+
+
+check_init_weights = make_check("ch5.init_weights")
+
+
+# --- ch5.kaiming_normal -------------------------------------------------------------------------------
+
+_KAIMING_NAMES = ("kaiming_normal_", "kaiming_uniform_", "kaiming_normal", "kaiming_uniform")
+
+
+@contextlib.contextmanager
+def _spy_on_torch_kaiming() -> Iterator[list[str]]:
+    """Record calls to torch.nn.init's Kaiming functions (they still work) while the block runs."""
+    calls: list[str] = []
+    originals = {name: getattr(nn.init, name) for name in _KAIMING_NAMES if hasattr(nn.init, name)}
+
+    def spy(name: str, original: Any) -> Any:
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            return original(*args, **kwargs)
+
+        return recorded
+
+    for name, original in originals.items():
+        setattr(nn.init, name, spy(name, original))
+    try:
+        yield calls
+    finally:
+        for name, original in originals.items():
+            setattr(nn.init, name, original)
+
+
+def _gain(nonlinearity: str, a: float) -> float:
+    return math.sqrt(2.0 / (1 + a**2)) if nonlinearity == "leaky_relu" else nn.init.calculate_gain(nonlinearity)
+
+
+def _kaiming_case(my_kaiming_normal_: Any, shape: tuple[int, ...], **kwargs: Any) -> None:
+    """Call the learner's function on an empty tensor of ``shape`` and compare its statistics with the formula."""
+    arguments = "".join(f", {key}={value!r}" for key, value in kwargs.items())
+    call = f"my_kaiming_normal_(torch.empty{shape}{arguments})"
+    mode = kwargs.get("mode", "fan_in")
+    nonlinearity = kwargs.get("nonlinearity", "relu")
+    gain = _gain(nonlinearity, kwargs.get("a", 0.0))
+    receptive_field = math.prod(shape[2:])
+    fans = {"fan_in": shape[1] * receptive_field, "fan_out": shape[0] * receptive_field}
+    other_mode = "fan_out" if mode == "fan_in" else "fan_in"
+    expected = gain / math.sqrt(fans[mode])
+    tensor = torch.full(shape, _FILL)
+    with step(f"calling {call}"):
+        result = my_kaiming_normal_(tensor, **kwargs)
+    filled = not torch.equal(tensor, torch.full(shape, _FILL))
+    if result is not tensor:
+        if isinstance(result, torch.Tensor) and not filled:
+            raise Fail(
+                f"{call} returned a new tensor and left the one it was given unchanged.",
+                "Fill the given tensor in place (tensor.normal_(...)) and return that same tensor.",
+            )
+        raise Fail(
+            f"{call} must return the tensor it filled (got {describe(result)}).",
+            "End with `return tensor`, as the nn.init functions do, so calls can be chained.",
+        )
+    expect(filled, f"{call} left the tensor unchanged.", "Fill it in place: tensor.normal_(0.0, std).")
+    std, mean = _std_and_mean(tensor)
+    rel = 0.04 if tensor.numel() < 100_000 else 0.03
+    if not _near(std, expected, rel):
+        formula = f"{gain:.4g} / sqrt({mode} = {fans[mode]})"
+        if _near(mean, expected, 0.2) and _near(std, 1.0, 0.04):
+            raise Fail(
+                f"{call} gave mean {mean:.4f} and std {std:.3f}: normal_(std) sets the MEAN to std and keeps std 1.",
+                "tensor.normal_(0.0, std) or tensor.normal_(mean=0.0, std=std).",
+            )
+        if _near(std, expected**2, rel):
+            raise Fail(
+                f"{call} has std {std:.5f}, the square of the expected {expected:.4f}: the variance was used as std.",
+                "std = gain / sqrt(fan); the variance is gain**2 / fan.",
+            )
+        if _near(std, gain / math.sqrt(fans[other_mode]), rel):
+            raise Fail(
+                f"{call} has std {std:.4f}, which is what {other_mode} = {fans[other_mode]} gives; {mode} was asked "
+                f"(expected {expected:.4f} = {formula}).",
+                "For a weight (out, in, *kernel): fan_in = in * prod(kernel), fan_out = out * prod(kernel).",
+            )
+        if receptive_field > 1 and any(_near(std, gain / math.sqrt(shape[i]), rel) for i in (0, 1)):
+            raise Fail(
+                f"{call} has std {std:.4f}: the fan leaves out the kernel's {receptive_field} positions "
+                f"(expected {expected:.4f} = {formula}).",
+                "Multiply the channel count by the kernel size: fan_in = in_channels * kH * kW.",
+            )
+        ratio = std * math.sqrt(fans[mode])
+        gains = [name for value, name in _GAIN_NAMES.items() if _near(ratio, value, rel)]
+        found = f", which is {gains[0]} / sqrt({mode})" if gains else ""
+        raise Fail(
+            f"{call} has std {std:.4f}{found}, expected {expected:.4f} = {formula}.",
+            "The gain depends on the nonlinearity: nn.init.calculate_gain(nonlinearity, a); for leaky_relu it is "
+            "sqrt(2 / (1 + a**2)).",
+        )
+    expect(
+        abs(mean) <= 0.05 * expected,
+        f"{call} has mean {mean:.4f}; it must be centred on 0.",
+        "tensor.normal_(0.0, std)",
+    )
+    fraction = _normal_fraction(tensor)
+    expect(
+        abs(fraction - 0.6827) <= 0.03,
+        f"{call} has the right std but {fraction:.0%} of its values within one std of the mean; a normal "
+        f"distribution has 68% (a uniform one 58%).",
+        "Draw from a normal distribution: tensor.normal_(0.0, std).",
+    )
+
+
+@exercise("ch5.kaiming_normal", title="Kaiming normal by hand", names=["my_kaiming_normal_"], points=2)
+def _check_kaiming_normal(my_kaiming_normal_: Any) -> str:
+    expect_function(
+        my_kaiming_normal_,
+        "my_kaiming_normal_",
+        'my_kaiming_normal_(tensor, mode="fan_in", nonlinearity="relu", a=0.0)',
+    )
+    with _spy_on_torch_kaiming() as calls:
+        _kaiming_case(my_kaiming_normal_, (200, 800))
+        expect(
+            not calls,
+            f"my_kaiming_normal_ calls torch.nn.init.{calls[0] if calls else ''}; the exercise is to compute the "
+            f"std yourself.",
+            "Compute fan and gain, then std = gain / sqrt(fan), and fill with tensor.normal_(0.0, std).",
+        )
+        _kaiming_case(my_kaiming_normal_, (200, 800), mode="fan_out")
+        _kaiming_case(my_kaiming_normal_, (64, 32, 3, 3))
+        _kaiming_case(my_kaiming_normal_, (64, 32, 3, 3), mode="fan_out")
+        _kaiming_case(my_kaiming_normal_, (200, 800), nonlinearity="tanh")
+        _kaiming_case(my_kaiming_normal_, (200, 800), nonlinearity="linear")
+        _kaiming_case(my_kaiming_normal_, (400, 1000), nonlinearity="leaky_relu", a=0.5)
+    parameter = nn.Parameter(torch.empty(128, 64))
+    try:
+        with step("calling my_kaiming_normal_(nn.Parameter(torch.empty(128, 64)))"):
+            result = my_kaiming_normal_(parameter)
+    except Fail as failure:
+        hint = failure.hint
+        if "leaf Variable" in failure.message:
+            hint = "A Parameter requires grad: fill it inside `with torch.no_grad():`, as nn.init does."
+        raise Fail(failure.message, hint) from None
+    expect(
+        result is parameter and isinstance(result, nn.Parameter) and result.requires_grad,
+        f"my_kaiming_normal_ on an nn.Parameter must return that same Parameter (got {describe(result)}).",
+        "Fill in place under torch.no_grad() and return the tensor you were given.",
+    )
+    return "my_kaiming_normal_ matches gain / sqrt(fan) for Linear and Conv weights, both modes and four gains."
+
+
+check_kaiming_normal = make_check("ch5.kaiming_normal")
+
+
+# --- ch5.zero_init_residual ---------------------------------------------------------------------------
+
+
+def _residual_model() -> nn.Sequential:
+    """Four ResidualBlocks at three depths (one nested in a Sequential in a Sequential), with BatchNorms around."""
+    return nn.Sequential(
+        OrderedDict(
+            stem=nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()),
+            layer1=nn.Sequential(ResidualBlock(8, 8), ResidualBlock(8, 8)),
+            layer2=nn.Sequential(ResidualBlock(8, 16, stride=2), nn.Sequential(ResidualBlock(16, 16))),
+            head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)),
+        )
+    )
+
+
+def _is_filled(tensor: torch.Tensor) -> bool:
+    return torch.equal(tensor.detach(), torch.full_like(tensor.detach(), _FILL))
+
+
+def _is_zero(tensor: torch.Tensor) -> bool:
+    return bool((tensor.detach() == 0).all())
+
+
+@exercise("ch5.zero_init_residual", title="Zero-init the last BN of residual blocks", names=["zero_init_residual"])
+def _check_zero_init_residual(zero_init_residual: Any) -> str:
+    expect_function(zero_init_residual, "zero_init_residual", "zero_init_residual(model)")
+    model = _residual_model()
+    before = _fill_every_parameter(model)
+    blocks = [name for name, module in model.named_modules() if isinstance(module, ResidualBlock)]
+    with step("calling zero_init_residual(model) on a model with four ResidualBlocks"):
+        count = zero_init_residual(model)
+    _expect_same_parameters(model, before, "zero_init_residual(model)")
+    parameters = dict(model.named_parameters())
+    for name in blocks:
+        weight, bias = parameters[f"{name}.bn2.weight"], parameters[f"{name}.bn2.bias"]
+        if _is_filled(weight) and _is_zero(bias):
+            raise Fail(
+                f"zero_init_residual zeroed {name}.bn2.bias instead of {name}.bn2.weight.",
+                "The weight (gamma) scales the branch; with gamma = 0 the branch outputs beta = 0: "
+                "nn.init.zeros_(block.bn2.weight).",
+            )
+        if _is_filled(weight) and _is_zero(parameters[f"{name}.conv2.weight"]):
+            raise Fail(
+                f"zero_init_residual zeroed {name}.conv2.weight instead of {name}.bn2.weight.",
+                "Zero the BatchNorm's weight: with conv2 zeroed, BatchNorm divides an all-zero map by sqrt(eps) "
+                "and the first gradient that reaches conv2 is about 100 times too large.",
+            )
+    changed = [name for name, parameter in parameters.items() if not _is_filled(parameter)]
+    expected = [f"{name}.bn2.weight" for name in blocks]
+    unexpected = [name for name in changed if name not in expected]
+    if unexpected:
+        first = unexpected[0]
+        why = "a BatchNorm outside the residual branches"
+        hint = "Change only block.bn2.weight of each ResidualBlock; leave every other parameter as it is."
+        if ".downsample." in first:
+            why = "the shortcut's BatchNorm, not the last one of the residual branch"
+            hint = (
+                "In a block with a projection shortcut, the last BatchNorm in modules() order is downsample.1; "
+                "take block.bn2 by name."
+            )
+        elif first.endswith(".bn1.weight"):
+            why = "the first BatchNorm of the branch, not the last"
+            hint = "Only bn2, the BatchNorm right before the addition, starts at zero."
+        elif ".bn2." in first:
+            why = "the shift of the last BatchNorm; only its weight (the scale) must be zeroed"
+            hint = "nn.init.zeros_(block.bn2.weight) and nothing else."
+        raise Fail(f"zero_init_residual changed {first}, {why}.", hint)
+    for name in blocks:
+        expect(
+            _is_zero(parameters[f"{name}.bn2.weight"]),
+            f"{name}.bn2.weight of the ResidualBlock at {name} was not set to zero.",
+            "Blocks nest inside Sequentials at any depth: visit them all with model.modules() (children() only "
+            "sees the direct children).",
+        )
+    expect(
+        isinstance(count, int) and not isinstance(count, bool),
+        f"zero_init_residual must return how many blocks it changed, an int (got {describe(count)}).",
+        "Count the blocks as you go and return the count.",
+    )
+    expect(
+        count == len(blocks),
+        f"zero_init_residual returned {count}; the model has {len(blocks)} ResidualBlocks.",
+        "Add 1 for each ResidualBlock, not for each module or BatchNorm.",
+    )
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+    _fill_every_parameter(plain)
+    with step("calling zero_init_residual on a model without ResidualBlocks"):
+        count = zero_init_residual(plain)
+    expect(
+        count == 0 and all(_is_filled(p) for p in plain.parameters()),
+        f"On a model without ResidualBlocks, zero_init_residual must change nothing and return 0 (got "
+        f"{describe(count)}).",
+        "Test each module with isinstance(module, ResidualBlock).",
+    )
+    return "zero_init_residual zeroes bn2.weight in every ResidualBlock, at any depth, and nothing else."
+
+
+check_zero_init_residual = make_check("ch5.zero_init_residual")

@@ -1,0 +1,627 @@
+"""Chapter 2: the reference models, their equivalences, and the checkers against real learner mistakes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+import torchvision
+from torch import nn
+
+from course_utils import checking, data
+from course_utils.checks import ch02_model_blocks as checks
+from course_utils.compare import count_parameters
+from course_utils.solutions import ch02_model_blocks as ref
+
+EXERCISES = {
+    "ch2.double_conv": "DoubleConv",
+    "ch2.down": "Down",
+    "ch2.up": "Up",
+    "ch2.unet": "UNet",
+    "ch2.residual_block": "ResidualBlock",
+}
+
+
+def run(exercise_id: str, value: object) -> checking.CheckResult:
+    return checking.run(exercise_id, {EXERCISES[exercise_id]: value})
+
+
+def expect_fail(exercise_id: str, value: object, *fragments: str) -> checking.CheckResult:
+    result = run(exercise_id, value)
+    assert result.status == "fail", result
+    for fragment in fragments:
+        assert fragment in result.message + " " + (result.hint or ""), result
+    return result
+
+
+# --- the reference models -----------------------------------------------------------------------------
+
+
+def test_full_size_unet_has_the_community_parameter_counts():
+    assert count_parameters(ref.UNet(3, 2)) == 31_037_698
+    assert count_parameters(ref.UNet(3, 2, bilinear=True)) == 17_263_042
+    assert checks.UNET_PARAMETERS == 31_037_698
+    assert checks.UNET_BILINEAR_PARAMETERS == 17_263_042
+
+
+def test_unet_state_dict_uses_the_community_module_names():
+    keys = ref.UNet(3, 2, base_channels=4).state_dict().keys()
+    assert "inc.double_conv.0.weight" in keys
+    assert "down4.maxpool_conv.1.double_conv.3.weight" in keys
+    assert "up1.up.weight" in keys and "up1.conv.double_conv.4.running_var" in keys
+    assert "outc.conv.bias" in keys
+    assert not any(".bias" in key for key in keys if "double_conv.0" in key or "double_conv.3" in key)
+    assert {key.split(".")[0] for key in keys} == {
+        "inc",
+        *(f"down{i}" for i in range(1, 5)),
+        *(f"up{i}" for i in range(1, 5)),
+        "outc",
+    }
+
+
+@pytest.mark.parametrize("bilinear", [False, True])
+@pytest.mark.parametrize("size", [(32, 32), (37, 45), (17, 16)])
+def test_unet_keeps_odd_input_sizes(bilinear, size):
+    net = ref.UNet(3, 5, bilinear=bilinear, base_channels=4).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, *size)).shape == (1, 5, *size)
+
+
+def test_unet_rejects_a_non_positive_size():
+    with pytest.raises(ValueError, match="must be positive"):
+        ref.UNet(3, 2, base_channels=0)
+
+
+@pytest.mark.parametrize("bilinear", [False, True])
+def test_loop_unet_has_the_same_parameters_and_output_as_unet(bilinear):
+    unet = ref.UNet(3, 2, bilinear=bilinear, base_channels=4).eval()
+    loop = ref.LoopUNet(3, 2, bilinear=bilinear, base_channels=4).eval()
+    assert count_parameters(ref.LoopUNet(3, 2, bilinear=bilinear)) == count_parameters(ref.UNet(3, 2, bilinear))
+    renamed = {}
+    for key, value in unet.state_dict().items():
+        part, rest = key.split(".", 1)
+        if part[:-1] in ("down", "up"):
+            part = f"{part[:-1]}s.{int(part[-1]) - 1}"
+        renamed[f"{part}.{rest}"] = value
+    loop.load_state_dict(renamed, strict=True)
+    x = torch.randn(1, 3, 37, 45)
+    with torch.no_grad():
+        torch.testing.assert_close(loop(x), unet(x))
+
+
+def test_loop_unet_takes_its_depth_as_an_argument():
+    net = ref.LoopUNet(3, 2, base_channels=4, depth=2).eval()
+    assert len(net.downs) == len(net.ups) == 2
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 13, 11)).shape == (1, 2, 13, 11)
+    with pytest.raises(ValueError, match="depth"):
+        ref.LoopUNet(3, 2, depth=0)
+
+
+def test_resnet34_loads_torchvision_weights_strictly_and_computes_the_same_outputs():
+    torch.manual_seed(0)
+    theirs = torchvision.models.resnet34(weights=None)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode really uses them
+        for module in theirs.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    ours = ref.resnet34()
+    result = ours.load_state_dict(theirs.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert count_parameters(ours) == count_parameters(theirs) == 21_797_672
+    x = torch.randn(2, 3, 64, 64)
+    theirs.eval()
+    ours.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_make_layer_only_projects_in_its_first_block():
+    layer = ref.make_layer(64, 128, 4, stride=2)
+    assert [block.downsample is not None for block in layer] == [True, False, False, False]
+    assert layer[0].conv1.stride == (2, 2) and layer[1].conv1.stride == (1, 1)
+    with pytest.raises(ValueError, match="num_blocks"):
+        ref.make_layer(64, 64, 0)
+
+
+def test_residual_block_uses_torchvision_basic_block_names():
+    block = ref.ResidualBlock(64, 128, stride=2)
+    theirs = torchvision.models.resnet34(weights=None).layer2[0]
+    assert block.state_dict().keys() == theirs.state_dict().keys()
+    assert ref.ResidualBlock(64, 64).downsample is None
+
+
+def test_dice_per_class_counts_over_all_pixels():
+    masks = torch.tensor([[[0, 1], [2, 2]]])
+    predictions = torch.tensor([[[0, 1], [2, 1]]])
+    scores = ref.dice_per_class(predictions, masks, 4)
+    torch.testing.assert_close(scores, torch.tensor([1.0, 2 / 3, 2 / 3, 1.0]))
+    with pytest.raises(ValueError, match="same shape"):
+        ref.dice_per_class(predictions, masks[0], 4)
+
+
+def test_train_unet_takes_the_steps_asked_and_lowers_the_loss():
+    torch.manual_seed(0)
+    net = ref.UNet(3, data.NUM_CLASSES, base_channels=4)
+    history = ref.train_unet(net, steps=12, batch_size=4, progress=False)
+    assert history["steps"] == len(history["loss"]) == 12
+    assert sum(history["loss"][-3:]) < sum(history["loss"][:3])
+    assert net.training
+
+
+def test_train_unet_needs_steps_or_a_time_budget():
+    with pytest.raises(ValueError, match="steps"):
+        ref.train_unet(ref.UNet(3, 4, base_channels=4))
+
+
+def test_train_unet_stops_at_its_time_budget():
+    net = ref.UNet(3, data.NUM_CLASSES, base_channels=4)
+    start = time.perf_counter()
+    history = ref.train_unet(net, time_budget_s=0.5, batch_size=2, progress=False)
+    assert history["steps"] >= 1
+    assert time.perf_counter() - start < 5.0
+
+
+def test_mean_foreground_dice_of_the_perfect_model_is_one():
+    images, masks = data.make_shapes(4, seed=3)
+
+    class Oracle(nn.Module):
+        def forward(self, x):
+            return F.one_hot(masks[: len(x)], data.NUM_CLASSES).permute(0, 3, 1, 2).float()
+
+    assert ref.mean_foreground_dice(Oracle(), images, masks) == 1.0
+
+
+# --- the checkers: references pass ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exercise_id", list(EXERCISES))
+def test_reference_passes(exercise_id):
+    result = run(exercise_id, getattr(ref, EXERCISES[exercise_id]))
+    assert result.status == "pass", result
+
+
+@pytest.mark.parametrize("exercise_id", list(EXERCISES))
+def test_each_check_takes_well_under_a_second(exercise_id):
+    reference = getattr(ref, EXERCISES[exercise_id])
+    run(exercise_id, reference)  # warm-up
+    start = time.perf_counter()
+    run(exercise_id, reference)
+    assert time.perf_counter() - start < 1.0
+
+
+# --- ch2.double_conv mistakes ------------------------------------------------------------------------
+
+
+def make_double_conv(*, padding=1, bias=False, use_mid=True, relu_first=False, batchnorm=True):
+    class DoubleConv(nn.Module):
+        def __init__(self, in_channels, out_channels, mid_channels=None):
+            super().__init__()
+            if mid_channels is None or not use_mid:
+                mid_channels = out_channels
+            layers = []
+            for n_in, n_out in ((in_channels, mid_channels), (mid_channels, out_channels)):
+                conv = nn.Conv2d(n_in, n_out, kernel_size=3, padding=padding, bias=bias)
+                norm = [nn.BatchNorm2d(n_out)] if batchnorm else []
+                layers += [conv, nn.ReLU(inplace=True), *norm] if relu_first else [conv, *norm, nn.ReLU(inplace=True)]
+            self.double_conv = nn.Sequential(*layers)
+
+        def forward(self, x):
+            return self.double_conv(x)
+
+    return DoubleConv
+
+
+def test_double_conv_without_padding_fails_naming_the_padding():
+    expect_fail("ch2.double_conv", make_double_conv(padding=0), "no padding", "padding=1")
+
+
+def test_double_conv_with_conv_bias_before_batchnorm_fails():
+    expect_fail("ch2.double_conv", make_double_conv(bias=True), "has a bias", "bias=False")
+
+
+def test_double_conv_that_ignores_mid_channels_fails():
+    expect_fail("ch2.double_conv", make_double_conv(use_mid=False), "mid_channels=5")
+
+
+def test_double_conv_with_relu_before_batchnorm_fails():
+    expect_fail("ch2.double_conv", make_double_conv(relu_first=True), "ReLU before the BatchNorm2d")
+
+
+def test_double_conv_without_batchnorm_fails():
+    expect_fail("ch2.double_conv", make_double_conv(batchnorm=False), "no BatchNorm2d")
+
+
+def test_double_conv_with_its_own_attribute_names_fails_naming_the_layout():
+    class DoubleConv(nn.Module):
+        def __init__(self, in_channels, out_channels, mid_channels=None):
+            super().__init__()
+            self.conv1 = nn.Conv2d(in_channels, mid_channels or out_channels, 3, padding=1, bias=False)
+
+        def forward(self, x):
+            return self.conv1(x)
+
+    expect_fail("ch2.double_conv", DoubleConv, "no attribute double_conv", "community")
+
+
+def test_double_conv_whose_forward_skips_the_layers_fails():
+    class DoubleConv(ref.DoubleConv):
+        def forward(self, x):
+            return self.double_conv[:3](x)
+
+    expect_fail("ch2.double_conv", DoubleConv, "has shape (2, 5, 10, 9)")
+
+
+def test_double_conv_stub_is_not_attempted():
+    class DoubleConv(nn.Module):
+        def __init__(self, in_channels, out_channels, mid_channels=None):
+            raise NotImplementedError
+
+    assert run("ch2.double_conv", DoubleConv).status == "not_attempted"
+
+
+# --- ch2.down mistakes ---------------------------------------------------------------------------------
+
+
+def make_down(layers_of):
+    class Down(nn.Module):
+        def __init__(self, in_channels, out_channels):
+            super().__init__()
+            self.maxpool_conv = nn.Sequential(*layers_of(in_channels, out_channels))
+
+        def forward(self, x):
+            return self.maxpool_conv(x)
+
+    return Down
+
+
+def test_down_that_pools_after_the_double_conv_fails():
+    down = make_down(lambda i, o: [ref.DoubleConv(i, o), nn.MaxPool2d(2)])
+    expect_fail("ch2.down", down, "pools after the DoubleConv")
+
+
+def test_down_without_pooling_fails():
+    down = make_down(lambda i, o: [ref.DoubleConv(i, o)])
+    expect_fail("ch2.down", down, "does not pool")
+
+
+def test_down_with_average_pooling_fails():
+    down = make_down(lambda i, o: [nn.AvgPool2d(2), ref.DoubleConv(i, o)])
+    expect_fail("ch2.down", down, "AvgPool2d", "MaxPool2d(2)")
+
+
+def test_down_that_keeps_the_input_channels_fails():
+    down = make_down(lambda i, o: [nn.MaxPool2d(2), ref.DoubleConv(i, i)])
+    expect_fail("ch2.down", down, "must map 4 to 8 channels")
+
+
+def test_down_with_a_3x3_pool_fails():
+    down = make_down(lambda i, o: [nn.MaxPool2d(3, stride=2, padding=1), ref.DoubleConv(i, o)])
+    expect_fail("ch2.down", down, "nn.MaxPool2d(2)")
+
+
+def test_down_with_its_own_attribute_names_fails():
+    class Down(nn.Module):
+        def __init__(self, in_channels, out_channels):
+            super().__init__()
+            self.pool = nn.MaxPool2d(2)
+            self.conv = ref.DoubleConv(in_channels, out_channels)
+
+        def forward(self, x):
+            return self.conv(self.pool(x))
+
+    expect_fail("ch2.down", Down, "no attribute maxpool_conv")
+
+
+# --- ch2.up mistakes ------------------------------------------------------------------------------------
+
+
+class UpWithoutPadding(ref.Up):
+    def forward(self, x, skip):
+        x = self.up(x)
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class UpSkipLast(ref.Up):
+    def forward(self, x, skip):
+        x = self.up(x)
+        diff_h, diff_w = skip.size(2) - x.size(2), skip.size(3) - x.size(3)
+        x = F.pad(x, [diff_w // 2, diff_w - diff_w // 2, diff_h // 2, diff_h - diff_h // 2])
+        return self.conv(torch.cat([x, skip], dim=1))
+
+
+class UpPaddingOneSide(ref.Up):
+    def forward(self, x, skip):
+        x = self.up(x)
+        x = F.pad(x, [0, skip.size(3) - x.size(3), 0, skip.size(2) - x.size(2)])
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class UpPaddingHeightFirst(ref.Up):
+    def forward(self, x, skip):
+        x = self.up(x)
+        diff_h, diff_w = skip.size(2) - x.size(2), skip.size(3) - x.size(3)
+        x = F.pad(x, [diff_h // 2, diff_h - diff_h // 2, diff_w // 2, diff_w - diff_w // 2])
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class UpWithoutSkip(ref.Up):
+    def forward(self, x, skip):
+        return self.conv(self.up(x))
+
+
+class UpBilinearWithoutMidChannels(ref.Up):
+    def __init__(self, in_channels, out_channels, bilinear=False):
+        super().__init__(in_channels, out_channels, bilinear)
+        if bilinear:
+            self.conv = ref.DoubleConv(in_channels, out_channels)
+
+
+class UpAlignCornersFalse(ref.Up):
+    def __init__(self, in_channels, out_channels, bilinear=False):
+        super().__init__(in_channels, out_channels, bilinear)
+        if bilinear:
+            self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class UpTransposeToOutChannels(ref.Up):
+    def __init__(self, in_channels, out_channels, bilinear=False):
+        super().__init__(in_channels, out_channels, bilinear)
+        if not bilinear:
+            self.up = nn.ConvTranspose2d(in_channels, in_channels, kernel_size=2, stride=2)
+
+
+def test_up_without_padding_fails_on_odd_sizes():
+    result = expect_fail("ch2.up", UpWithoutPadding, "odd-sized skip (1, 8, 9, 11)", "sizes must match in torch.cat")
+    assert "pad" in result.hint.lower()
+
+
+def test_up_that_concatenates_the_skip_last_fails():
+    expect_fail("ch2.up", UpSkipLast, "concatenates [x, skip]", "torch.cat([skip, x], dim=1)")
+
+
+def test_up_that_pads_on_one_side_fails():
+    expect_fail("ch2.up", UpPaddingOneSide, "pads on one side only")
+
+
+def test_up_that_pads_height_and_width_in_the_wrong_order_fails():
+    expect_fail("ch2.up", UpPaddingHeightFirst, "(1, 8, 9, 10)", "last dimension, W, first")
+
+
+def test_up_that_ignores_the_skip_fails():
+    expect_fail("ch2.up", UpWithoutSkip, "concatenate the skip")
+
+
+def test_bilinear_up_without_mid_channels_fails():
+    expect_fail("ch2.up", UpBilinearWithoutMidChannels, "mid_channels=8", "in_channels // 2")
+
+
+def test_bilinear_up_with_align_corners_false_fails():
+    expect_fail("ch2.up", UpAlignCornersFalse, "align_corners=False")
+
+
+def test_up_whose_transposed_conv_keeps_the_channels_fails():
+    expect_fail("ch2.up", UpTransposeToOutChannels, "nn.ConvTranspose2d(16, 8, kernel_size=2, stride=2)")
+
+
+# --- ch2.unet mistakes ----------------------------------------------------------------------------------
+
+
+class UNetWithoutFactor(ref.UNet):
+    def __init__(self, n_channels, n_classes, bilinear=False, base_channels=64):
+        super().__init__(n_channels, n_classes, bilinear, base_channels)
+        c = base_channels
+        self.down4 = ref.Down(8 * c, 16 * c)
+
+
+class UNetWithSoftmax(ref.UNet):
+    def forward(self, x):
+        return super().forward(x).softmax(dim=1)
+
+
+class UNetRenamedHead(ref.UNet):
+    def __init__(self, n_channels, n_classes, bilinear=False, base_channels=64):
+        super().__init__(n_channels, n_classes, bilinear, base_channels)
+        self.head = self.outc
+        del self.outc
+
+
+class UNetFixedInputChannels(ref.UNet):
+    def __init__(self, n_channels, n_classes, bilinear=False, base_channels=64):
+        super().__init__(3, n_classes, bilinear, base_channels)
+
+
+class UNetWithoutHead(ref.UNet):
+    def forward(self, x):
+        x1 = self.inc(x)
+        x2 = self.down1(x1)
+        x3 = self.down2(x2)
+        x4 = self.down3(x3)
+        x5 = self.down4(x4)
+        x = self.up1(x5, x4)
+        x = self.up2(x, x3)
+        x = self.up3(x, x2)
+        return self.up4(x, x1)  # forgets outc
+
+
+class UNetCroppingInsteadOfPadding(ref.UNet):
+    """Resizes the input to a multiple of 16 and back: runs, but is not the U-Net that pads."""
+
+    def forward(self, x):
+        size = x.shape[-2:]
+        logits = super().forward(F.interpolate(x, size=(32, 48), mode="bilinear"))
+        return F.interpolate(logits, size=size, mode="bilinear")
+
+
+class UNetWithoutBaseChannels(nn.Module):
+    """A correct U-Net written without the optional base_channels argument."""
+
+    def __init__(self, n_channels, n_classes, bilinear=False):
+        super().__init__()
+        self.inner = ref.UNet(n_channels, n_classes, bilinear)
+        for name, module in list(self.inner.named_children()):
+            setattr(self, name, module)
+        del self.inner
+
+    def forward(self, x):
+        return ref.UNet.forward(self, x)
+
+
+def test_bilinear_unet_without_the_channel_factor_fails():
+    expect_fail("ch2.unet", UNetWithoutFactor, "UNet(3, 2, bilinear=True)", "down4", "factor = 2")
+
+
+def test_unet_with_softmax_on_its_output_fails():
+    expect_fail("ch2.unet", UNetWithSoftmax, "applies an activation", "logits")
+
+
+def test_unet_with_renamed_parts_fails_naming_them():
+    expect_fail("ch2.unet", UNetRenamedHead, "has no outc", "inc, down1..down4, up1..up4, outc")
+
+
+def test_unet_that_ignores_n_channels_fails():
+    expect_fail("ch2.unet", UNetFixedInputChannels, "UNet(1, 5)", "inc.double_conv.0.weight", "n_channels")
+
+
+def test_unet_that_forgets_the_output_conv_fails():
+    expect_fail("ch2.unet", UNetWithoutHead, "has shape (1, 4, 37, 45), expected (1, 3, 37, 45)")
+
+
+def test_unet_that_resizes_instead_of_padding_fails():
+    expect_fail("ch2.unet", UNetCroppingInsteadOfPadding, "differs from the reference", "up4(x, x1)")
+
+
+def test_unet_without_base_channels_is_checked_at_full_size_and_passes():
+    result = run("ch2.unet", UNetWithoutBaseChannels)
+    assert result.status == "pass", result
+
+
+def test_unet_without_base_channels_is_still_quick_to_check():
+    run("ch2.unet", UNetWithoutBaseChannels)
+    start = time.perf_counter()
+    run("ch2.unet", UNetWithoutBaseChannels)
+    assert time.perf_counter() - start < 1.5
+
+
+# --- ch2.residual_block mistakes ---------------------------------------------------------------------------
+
+
+class BlockWithoutProjection(ref.ResidualBlock):
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__(in_channels, out_channels, stride)
+        self.downsample = None
+
+
+class BlockProjectingOnlyOnStride(ref.ResidualBlock):
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__(in_channels, out_channels, stride)
+        if stride == 1:
+            self.downsample = None
+
+
+class BlockReluBeforeAddition(ref.ResidualBlock):
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return out + identity
+
+
+class BlockWithoutFinalRelu(ref.ResidualBlock):
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(out)) + identity
+
+
+class BlockWithoutShortcut(ref.ResidualBlock):
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)))
+
+
+class BlockWithBias(ref.ResidualBlock):
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__(in_channels, out_channels, stride)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+
+
+class BlockStridingConv2(ref.ResidualBlock):
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__(in_channels, out_channels, stride)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+class BlockAlwaysProjecting(ref.ResidualBlock):
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__(in_channels, out_channels, stride)
+        self.downsample = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+        )
+
+
+class BlockWithOtherNames(nn.Module):
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_residual_block_without_projection_shortcut_fails():
+    expect_fail("ch2.residual_block", BlockWithoutProjection, "no projection shortcut", "halves H and W")
+
+
+def test_residual_block_that_projects_only_when_striding_fails():
+    expect_fail("ch2.residual_block", BlockProjectingOnlyOnStride, "ResidualBlock(8, 16, stride=1)", "changes the")
+
+
+def test_residual_block_with_relu_before_the_addition_fails():
+    expect_fail("ch2.residual_block", BlockReluBeforeAddition, "ReLU to the residual before adding")
+
+
+def test_residual_block_without_relu_after_the_addition_fails():
+    expect_fail("ch2.residual_block", BlockWithoutFinalRelu, "no ReLU after the addition")
+
+
+def test_residual_block_without_shortcut_fails():
+    expect_fail("ch2.residual_block", BlockWithoutShortcut, "adds no shortcut")
+
+
+def test_residual_block_with_conv_bias_before_batchnorm_fails():
+    expect_fail("ch2.residual_block", BlockWithBias, "conv1 has a bias", "bias=False")
+
+
+def test_residual_block_striding_conv2_fails():
+    expect_fail("ch2.residual_block", BlockStridingConv2, "puts the stride on conv2")
+
+
+def test_residual_block_projecting_when_the_identity_fits_fails():
+    expect_fail("ch2.residual_block", BlockAlwaysProjecting, "downsample must be None")
+
+
+def test_residual_block_with_other_names_fails_naming_torchvision():
+    expect_fail("ch2.residual_block", BlockWithOtherNames, "has no conv1, bn1, conv2, bn2, downsample", "BasicBlock")
+
+
+# --- junk never crashes ---------------------------------------------------------------------------------
+
+
+class Hangs(nn.Module):
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, *args):
+        while True:
+            pass
+
+
+@pytest.mark.parametrize("exercise_id", list(EXERCISES))
+@pytest.mark.parametrize("junk", [None, 42, nn.Linear, Hangs], ids=["None", "int", "Linear", "hangs"])
+def test_junk_fails_without_raising(exercise_id, junk, short_time_budget):
+    assert run(exercise_id, junk).status in ("fail", "not_attempted")
