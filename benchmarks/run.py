@@ -75,8 +75,8 @@ def bench_unet() -> dict | None:
     if not script.exists():
         return None
     out = subprocess.run([sys.executable, str(script), "--json"], capture_output=True, text=True, cwd=REPO_DIR)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    return json.loads(lines[-1]) if lines else {"error": out.stderr[-500:]}
+    start = out.stdout.find("{")  # the benchmark prints one indented JSON object
+    return json.loads(out.stdout[start:]) if start >= 0 else {"error": out.stderr[-500:]}
 
 
 def bench_test_suite() -> dict:
@@ -102,8 +102,13 @@ def _markdown(report: dict) -> str:
     median = statistics.median(r["median_ms"] for r in checks)
     lines += ["", f"Check calls: {len(checks)} exercises, median {median:.0f} ms, slowest {slowest['exercise']} "]
     lines[-1] += f"{slowest['median_ms']:.0f} ms (target < 1000 ms: {ok(slowest['median_ms'] < 1000 * CHECK_SECONDS)})."
-    if report.get("unet"):
-        lines += ["", f"Chapter 2 U-Net: {json.dumps(report['unet'])}"]
+    unet = report.get("unet")
+    if unet and "error" not in unet:
+        lines += ["", f"Chapter 2 U-Net trained from scratch: mean foreground Dice {unet['mean_foreground_dice_eval']}"]
+        lines[-1] += f" after {unet['training_seconds']} s ({unet['steps']} steps; target >= 0.90 within 30 s: "
+        lines[-1] += f"{ok(unet['target_met'])})."
+    elif unet:
+        lines += ["", f"Chapter 2 U-Net benchmark failed: {unet['error']}"]
     if report.get("test_suite"):
         suite = report["test_suite"]
         lines += ["", f"`make test`: {suite['seconds']} s, exit {suite['exit']} {' '.join(suite['summary'])} "]
