@@ -100,7 +100,7 @@ def lab(tmp_path_factory):
     command += ["--LabApp.expose_app_in_browser=True", "--ServerApp.open_browser=False"]
     if os.geteuid() == 0:  # CI runs as root; JupyterLab refuses root unless told
         command.append("--allow-root")
-    log = open(os.environ.get("COURSE_LAB_LOG", os.devnull), "w")
+    log = open(os.environ.get("COURSE_LAB_LOG", os.devnull), "w")  # set COURSE_LAB_LOG to keep the server's log
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -120,6 +120,7 @@ def lab(tmp_path_factory):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+        log.close()
 
 
 @pytest.fixture(scope="module")
