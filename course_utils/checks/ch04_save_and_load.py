@@ -28,6 +28,11 @@ _EPOCH = 7  # not the number of steps, so that returning a step count cannot pas
 _SAVE_CALL = "save_checkpoint(path, model, optimizer, epoch=7)"
 
 
+def _unchanged(state: dict, keys_before: list, values_before: list) -> bool:
+    """True when a state dict still has the same keys, in order, holding the very same objects."""
+    return list(state) == keys_before and all(a is b for a, b in zip(state.values(), values_before, strict=False))
+
+
 def _checkpoint_model(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
@@ -382,7 +387,7 @@ def _check_load_flexible(load_flexible: Any) -> str:
             _diagnose_keys(model, expected, label)
             raise
         expect(
-            list(state) == keys_before and all(a is b for a, b in zip(state.values(), values_before, strict=False)),
+            _unchanged(state, keys_before, values_before),
             f"load_flexible changed the state dict it was given ({label}): its keys are now "
             f"{', '.join(list(state)[:2])}, ...",
             "Work on a copy, state_dict = dict(state_dict): consume_prefix_in_state_dict_if_present renames in place.",
@@ -480,7 +485,7 @@ def _check_load_matching(load_matching: Any) -> str:
             ) from None
         raise
     expect(
-        list(source) == keys_before and all(a is b for a, b in zip(source.values(), values_before, strict=False)),
+        _unchanged(source, keys_before, values_before),
         f"{_CALL} changed the state dict it was given (it now has {len(source)} entries instead of "
         f"{len(keys_before)}).",
         "Build a new dict of the entries to load; never pop from or delete keys of the caller's state dict.",

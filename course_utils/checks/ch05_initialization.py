@@ -41,6 +41,17 @@ def _normal_fraction(tensor: torch.Tensor) -> float:
     return ((values - values.mean()).abs() <= values.std()).double().mean().item()
 
 
+def _expect_normal(tensor: torch.Tensor, what: str, hint: str) -> None:
+    """Fail unless about 68% of the values lie within one std of the mean, as for a normal distribution."""
+    fraction = _normal_fraction(tensor)
+    expect(
+        abs(fraction - 0.6827) <= 0.03,
+        f"{what} has the right std but {fraction:.0%} of its values within one std of the mean; a normal "
+        f"distribution has 68% (a uniform one 58%).",
+        hint,
+    )
+
+
 def _fill_every_parameter(model: nn.Module) -> dict[str, torch.Tensor]:
     """Overwrite every parameter with ``_FILL``; return the parameters, by name, for identity checks."""
     with torch.no_grad():
@@ -128,13 +139,7 @@ def _expect_kaiming_fan_out(weight: torch.Tensor, where: str) -> None:
         f"{where} has mean {mean:.4f}; Kaiming's distribution is centred on 0.",
         hint + ".",
     )
-    fraction = _normal_fraction(weight)
-    expect(
-        abs(fraction - 0.6827) <= 0.03,
-        f"{where} has the right std but {fraction:.0%} of its values within one std of the mean; a normal "
-        f"distribution has 68% (a uniform one 58%).",
-        "Use kaiming_normal_, not kaiming_uniform_.",
-    )
+    _expect_normal(weight, where, "Use kaiming_normal_, not kaiming_uniform_.")
 
 
 def _expect_zero_bias(bias: torch.Tensor | None, where: str, weight_hint: str) -> None:
@@ -376,13 +381,7 @@ def _kaiming_case(my_kaiming_normal_: Any, shape: tuple[int, ...], **kwargs: Any
         f"{call} has mean {mean:.4f}; it must be centred on 0.",
         "tensor.normal_(0.0, std)",
     )
-    fraction = _normal_fraction(tensor)
-    expect(
-        abs(fraction - 0.6827) <= 0.03,
-        f"{call} has the right std but {fraction:.0%} of its values within one std of the mean; a normal "
-        f"distribution has 68% (a uniform one 58%).",
-        "Draw from a normal distribution: tensor.normal_(0.0, std).",
-    )
+    _expect_normal(tensor, call, "Draw from a normal distribution: tensor.normal_(0.0, std).")
 
 
 @exercise("ch5.kaiming_normal", title="Kaiming normal by hand", names=["my_kaiming_normal_"], points=2)
