@@ -20,9 +20,10 @@ help:
 	@echo "make grade SUBMISSIONS=dir [CHAPTER=N]   grade a folder of notebooks -> grades.csv, feedback/"
 	@echo "make grade-nbval NOTEBOOK=file.ipynb      nbval fails exactly at the exercises that do not pass"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml course_utils/lab_settings.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m course_utils.lab_settings
 	@touch $(STAMP)
 
 install: $(STAMP)

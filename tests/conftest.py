@@ -8,11 +8,6 @@ import pytest
 CHROMIUM = Path(os.environ.get("COURSE_CHROMIUM", "/usr/bin/chromium"))
 """Debian's Chromium: where it exists, tests/test_browser.py runs the student notebooks in JupyterLab."""
 
-STALLS_AT_TRAINING = {"02_model_blocks", "05_initialization"}
-"""Known gap, seen on JupyterLab 4.6.6 + Chromium 156: in these notebooks Run All stops at the first cell that
-trains with a tqdm progress bar (the cell stays queued while the kernel reports idle; a tqdm loop alone runs
-fine). The browser test expects that failure (strict xfail) and nbclient runs them instead."""
-
 # Set before any course_utils import so every checker runs in strict mode.
 os.environ["COURSE_UTILS_STRICT"] = "1"
 os.environ.pop("COURSE_UTILS_GRADING", None)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import CHROMIUM, STALLS_AT_TRAINING
+from conftest import CHROMIUM
 
 from course_utils import build, checking
 from course_utils.paths import NOTEBOOKS_DIR, REPO_DIR, SOLUTIONS_NOTEBOOKS_DIR
@@ -73,7 +73,7 @@ def test_every_check_call_names_a_registered_exercise_of_its_chapter(path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", STUDENTS, ids=lambda p: p.name)
 def test_student_edition_runs_top_to_bottom_and_every_check_is_not_attempted(path, tmp_path):
-    if CHROMIUM.exists() and path.stem not in STALLS_AT_TRAINING:
+    if CHROMIUM.exists():
         pytest.skip("tests/test_browser.py runs this student edition in JupyterLab instead")
     from nbclient import NotebookClient
 
