@@ -41,17 +41,25 @@ _NOTEBOOK_NAME = re.compile(r"^(\d\d)_([a-z0-9_]+?)(?:_[ab])?$")
 
 
 COLAB_CELL_ID = "colab-install"
+# What the course imports that Colab's image may lack; everything else (PyTorch, torchvision, NumPy, Matplotlib,
+# tqdm, ipywidgets) is Colab's own build, which the course's exact pins must not replace: reinstalling Jupyter or
+# PyTorch inside a running Colab session breaks it or downloads gigabytes.
+COLAB_EXTRAS = ("torchinfo", "safetensors")
 _COLAB_CELL = """\
 # On Google Colab only: fetch and install the course, then carry on (this cell does nothing anywhere else).
 import sys
 
 if "google.colab" in sys.modules:
+    import os
     import subprocess
 
     repository = "{url}"
-    subprocess.run(["git", "clone", "--depth", "1", repository, "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/course"], check=True)
-    sys.path.insert(0, "/content/course")"""
+    if not os.path.isdir("/content/course"):  # running the cell again skips the download
+        subprocess.run(["git", "clone", "--depth", "1", repository, "/content/course"], check=True)
+    packages = ["-e", "/content/course", {extras}]
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *packages], check=True)
+    if "/content/course" not in sys.path:
+        sys.path.insert(0, "/content/course")"""
 
 
 class BuildError(Exception):
@@ -120,9 +128,11 @@ def inject_references(nb: nbformat.NotebookNode, module_name: str, label: str) -
 
 
 def colab_cell_source() -> str:
-    """The Colab install cell, for the repository named in ``pyproject.toml``."""
-    urls = tomllib.loads((REPO_DIR / "pyproject.toml").read_text(encoding="utf-8"))["project"]["urls"]
-    return _COLAB_CELL.format(url=urls["Repository"])
+    """The Colab install cell, for the repository and the pins of :data:`COLAB_EXTRAS` in ``pyproject.toml``."""
+    project = tomllib.loads((REPO_DIR / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pins = {re.split(r"[=<>!~ \[]", requirement, maxsplit=1)[0]: requirement for requirement in project["dependencies"]}
+    extras = ", ".join(f'"{pins[name]}"' for name in COLAB_EXTRAS)
+    return _COLAB_CELL.format(url=project["urls"]["Repository"], extras=extras)
 
 
 def ensure_colab_cell(nb: nbformat.NotebookNode) -> bool:

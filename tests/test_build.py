@@ -1,6 +1,11 @@
 """Tests for course_utils.build: injecting references, generating the student edition, --check."""
 
 import inspect
+import os
+import subprocess
+import sys
+import tomllib
+import types
 from pathlib import Path
 
 import nbformat
@@ -8,6 +13,7 @@ import pytest
 
 from course_utils import build
 from course_utils.build import BuildError, strip_solutions
+from course_utils.paths import REPO_DIR
 from course_utils.solutions import ch01_model_definition as ref
 
 EXERCISE_CELL = (
@@ -177,3 +183,28 @@ def test_the_colab_cell_does_nothing_outside_colab():
     namespace: dict = {}
     exec(compile(build.colab_cell_source(), "<colab>", "exec"), namespace)
     assert "subprocess" not in namespace
+
+
+def test_on_colab_the_cell_clones_once_and_adds_only_what_colab_lacks(monkeypatch, tmp_path):
+    project = tomllib.loads((REPO_DIR / "pyproject.toml").read_text())["project"]
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    commands = []
+    monkeypatch.setattr(subprocess, "run", lambda command, check: commands.append(command))
+    cloned = []
+    monkeypatch.setattr(os.path, "isdir", lambda path: path in cloned)
+    code = compile(build.colab_cell_source(), "<colab>", "exec")
+
+    exec(code, {})
+    clone, pip = commands
+    assert clone[:2] == ["git", "clone"] and clone[-2:] == [project["urls"]["Repository"], "/content/course"]
+    assert pip[:4] == [sys.executable, "-m", "pip", "install"] and "--no-deps" in pip
+    pinned = [arg for arg in pip if "==" in arg]
+    assert sorted(pinned) == sorted(d for d in project["dependencies"] if d.split("==")[0] in build.COLAB_EXTRAS)
+    assert not any(arg.startswith(("torch==", "torchvision==", "jupyterlab==", "ipykernel==")) for arg in pip)
+
+    cloned.append("/content/course")
+    commands.clear()
+    exec(code, {})  # run again: no second clone, the path is added once
+    assert [command[0] for command in commands] == [sys.executable]
+    assert sys.path.count("/content/course") == 1
