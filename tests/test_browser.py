@@ -165,6 +165,8 @@ def _wait_until_done(page, timeout_s: float) -> dict:
         if not _not_run(summary):
             time.sleep(2)  # let the last outputs render
             return page.evaluate(_SUMMARY_JS)
+        if summary["kernel"] in ("dead", "restarting", "autorestarting"):
+            raise AssertionError(f"the kernel is {summary['kernel']}; Run All had not reached: {_not_run(summary)[:3]}")
         idle_polls = idle_polls + 1 if summary["kernel"] == "idle" else 0
         if _unexpected_errors(summary) and idle_polls >= 3:  # the kernel dropped the cells queued after the error
             return summary
