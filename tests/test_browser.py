@@ -196,7 +196,11 @@ def _run_all_and_inspect(lab: str, browser, path: Path) -> None:
         SCREENSHOTS.mkdir(exist_ok=True)
         shot = SCREENSHOTS / f"{path.stem}.png"
         page.screenshot(path=str(shot))
-        for what, selector in (("check", ".course-check"), ("plot", ".jp-RenderedImage img")):
+        for what, selector in (
+            ("check", ".course-check"),
+            ("plot", ".jp-RenderedImage img"),
+            ("progress", ".widget-progress"),
+        ):
             if page.evaluate(_SCROLL_TO_FIRST_VISIBLE_JS, selector):
                 page.screenshot(path=str(SCREENSHOTS / f"{path.stem}_{what}.png"))
     finally:
