@@ -3,7 +3,7 @@
 One setting, and why: JupyterLab 4.6 sends widget messages (tqdm's progress bars are widgets) over kernel subshells
 by default. Opening a subshell is a request on the kernel's control channel, and the kernel answers it with a
 "busy", then an "idle" status; JupyterLab takes that "idle" as the state of the whole kernel. So as soon as a
-training cell draws its progress bar, the status bar says *Idle* while the cell runs on for minutes (the control
+training cell draws its progress bar, the status bar says *Idle* for as long as the cell runs (the control
 channel's status messages: jupyter/jupyter_client#838). The course's widgets only display progress, which needs no
 subshell, so the course turns comms over subshells off and the indicator tells the truth.
 
