@@ -114,6 +114,14 @@ def _activation_hint(name: str) -> str:
     return f"Remove the {name}: a head outputs raw logits, which must be free to take any real value."
 
 
+def _expect_no_activation(module: Any, what: str) -> None:
+    """Fail if ``module`` is a container of layers with an activation inside: a head must return raw logits."""
+    if isinstance(module, nn.Module) and not isinstance(module, nn.Linear):
+        activation = _activation_in(module)
+        if activation is not None:
+            raise Fail(f"{what} contains a {activation}: {_short(module)}.", _activation_hint(activation))
+
+
 @contextlib.contextmanager
 def _learner_step(doing: str, hints: dict[str, str]) -> Iterator[None]:
     """Like :func:`step`, but give the hint ``hints[fragment]`` when the failure's message contains ``fragment``."""
@@ -196,10 +204,7 @@ def _check_head_replaced(
             f"After {call}, model.fc is still the original {_short(old_fc)}.",
             f"Assign a new layer: model.fc = {expected}.",
         )
-    if isinstance(fc, nn.Module) and not isinstance(fc, nn.Linear):
-        activation = _activation_in(fc)
-        if activation is not None:
-            raise Fail(f"After {call}, model.fc contains a {activation}: {_short(fc)}.", _activation_hint(activation))
+    _expect_no_activation(fc, f"After {call}, model.fc")
     expect(
         isinstance(fc, nn.Linear),
         f"After {call}, model.fc must be {expected} (got {_short(fc)}).",
@@ -541,10 +546,7 @@ def _check_extra_head(net: nn.Module, call: str, in_features: int, n_logits: int
         f"{call} has no attribute head.",
         f"self.head = nn.Linear(backbone.fc.in_features + extra_features, num_classes)  # here {expected}",
     )
-    if isinstance(head, nn.Module) and not isinstance(head, nn.Linear):
-        activation = _activation_in(head)
-        if activation is not None:
-            raise Fail(f"{call}.head contains a {activation}: {_short(head)}.", _activation_hint(activation))
+    _expect_no_activation(head, f"{call}.head")
     expect(isinstance(head, nn.Linear), f"{call}.head must be {expected} (got {_short(head)}).")
     if head.in_features == n_logits + extra:
         raise Fail(
