@@ -5,6 +5,7 @@ Call :func:`setup` at the top of a notebook.
 """
 
 from course_utils.environment import setup
+from course_utils.i18n import get_language, set_language
 
-__all__ = ["setup"]
+__all__ = ["get_language", "set_language", "setup"]
 __version__ = "0.1.0"

@@ -15,6 +15,10 @@ Two steps, for every ``notebooks/solutions/NN_name.ipynb``:
    region replaced by a stub, outputs and execution counts cleared, and only cell tags kept as metadata.
    Stubs never raise when their cell runs: inside a body the stub is ``raise NotImplementedError``; at the
    top level each assigned name becomes ``name = ...``.
+3. **Translate.** For every language with a catalog folder in ``course_utils/translations/`` (see
+   :mod:`course_utils.translate`), ``notebooks/<language>/solutions/`` gets the source edition with its prose
+   translated and the English outputs kept, and ``notebooks/<language>/`` its student edition. A prose cell
+   without a current translation stops the build (and is drift under ``--check``), naming the cell.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import nbformat
 
+from course_utils import translate
 from course_utils.paths import NOTEBOOKS_DIR, REPO_DIR, SOLUTIONS_NOTEBOOKS_DIR
 
 BEGIN = "### BEGIN SOLUTION"
@@ -44,7 +49,7 @@ COLAB_CELL_ID = "colab-install"
 # What the course imports that Colab's image may lack; everything else (PyTorch, torchvision, NumPy, Matplotlib,
 # tqdm, ipywidgets) is Colab's own build, which the course's exact pins must not replace: reinstalling Jupyter or
 # PyTorch inside a running Colab session breaks it or downloads gigabytes.
-COLAB_EXTRAS = ("torchinfo", "safetensors")
+COLAB_EXTRAS = ("torchinfo", "safetensors", "polib")
 _COLAB_CELL = """\
 # On Google Colab only: fetch and install the course, then carry on (this cell does nothing anywhere else).
 import sys
@@ -189,13 +194,68 @@ def _dumps(nb: nbformat.NotebookNode) -> str:
     return nbformat.writes(nb) + "\n"
 
 
-def build(check: bool = False, source_dir: Path | None = None, out_dir: Path | None = None) -> list[str]:
-    """Sync the source edition from the package and regenerate the student edition.
+_SETUP_CALL = re.compile(r"\bcourse_utils\.setup\((\s*\))?")
+
+
+def _set_setup_language(nb: nbformat.NotebookNode, language: str) -> None:
+    """Make the notebook's ``course_utils.setup(...)`` call choose ``language`` for checker messages."""
+    for cell in nb.cells:
+        if cell.cell_type == "code" and _SETUP_CALL.search(cell.source):
+            cell.source = _SETUP_CALL.sub(
+                lambda m: f'course_utils.setup(language="{language}"' + (")" if m.group(1) else ", "), cell.source
+            )
+
+
+def _sync(target: Path, text: str, check: bool, drift: list[str], label: str) -> None:
+    if not target.exists() or target.read_text(encoding="utf-8") != text:
+        drift.append(f"{label}: {'is out of date' if target.exists() else 'is missing'}")
+        if not check:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+
+
+def translated_editions(
+    sources: dict[Path, nbformat.NotebookNode], out_dir: Path, check: bool, translations_dir: Path | None = None
+) -> list[str]:
+    """Write (or, with ``check``, compare) every language's source and student editions. Returns the drift."""
+    drift: list[str] = []
+    for language in translate.languages(translations_dir):
+        student_dir, source_dir = out_dir / language, out_dir / language / "solutions"
+        for path, nb in sources.items():
+            label = f"{path.parent.name}/{path.name}"
+            catalog = translate.read_catalog(translate.catalog_path(language, path, translations_dir))
+            try:
+                translated = translate.translated_notebook(nb, catalog, language, label)
+            except translate.TranslationError as error:
+                if not check:
+                    raise BuildError(str(error)) from None
+                drift.append(str(error))
+                continue
+            _set_setup_language(translated, language)
+            rel = f"{out_dir.name}/{language}"
+            _sync(source_dir / path.name, _dumps(translated), check, drift, f"{rel}/solutions/{path.name}")
+            _sync(student_dir / path.name, _dumps(student_edition(translated)), check, drift, f"{rel}/{path.name}")
+        for folder in (student_dir, source_dir):
+            for orphan in sorted(p for p in folder.glob("*.ipynb") if p.name not in {s.name for s in sources}):
+                drift.append(f"{out_dir.name}/{language}/{orphan.relative_to(out_dir / language)}: has no source")
+                if not check:
+                    orphan.unlink()
+    return drift
+
+
+def build(
+    check: bool = False,
+    source_dir: Path | None = None,
+    out_dir: Path | None = None,
+    translations_dir: Path | None = None,
+) -> list[str]:
+    """Sync the source edition from the package and regenerate the student and translated editions.
 
     Args:
         check: change nothing; only report what would change.
         source_dir: where the source-edition notebooks are (default: ``notebooks/solutions``).
         out_dir: where the student-edition notebooks go (default: ``notebooks``).
+        translations_dir: where the catalogs are (default: ``course_utils/translations``).
 
     Returns:
         One line per file that changed (or, with ``check``, would change).
@@ -204,9 +264,11 @@ def build(check: bool = False, source_dir: Path | None = None, out_dir: Path | N
     out_dir = out_dir or NOTEBOOKS_DIR
     drift = []
     sources = sorted(source_dir.glob("*.ipynb"))
+    synced = {}
     for path in sources:
         label = f"{path.parent.name}/{path.name}"
         nb = nbformat.read(path, as_version=4)
+        synced[path] = nb
         changes = []
         if inject_references(nb, reference_module_name(path), label):
             changes.append(f"{label}: exercise cells differ from {reference_module_name(path)}")
@@ -226,7 +288,7 @@ def build(check: bool = False, source_dir: Path | None = None, out_dir: Path | N
         drift.append(f"{out_dir.name}/{orphan.name}: has no source edition")
         if not check:
             orphan.unlink()
-    return drift
+    return drift + translated_editions(synced, out_dir, check, translations_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,8 @@
 import platform
 import random
 
+from course_utils.i18n import set_language
+
 SEED = 0
 # The course's models are small: on a laptop or a shared 2-core machine one intra-op thread runs them about as
 # fast as several on an idle machine and many times faster when another process competes for the cores (ch5's
@@ -10,7 +12,9 @@ SEED = 0
 THREADS = 1
 
 
-def setup(seed: int = SEED, show_versions: bool = True, threads: int | None = THREADS) -> None:
+def setup(
+    seed: int = SEED, show_versions: bool = True, threads: int | None = THREADS, language: str | None = None
+) -> None:
     """Seed every random generator, set print and plot defaults, and print the versions in use.
 
     Args:
@@ -18,7 +22,10 @@ def setup(seed: int = SEED, show_versions: bool = True, threads: int | None = TH
         show_versions: print Python, PyTorch and torchvision versions (one line).
         threads: how many CPU threads PyTorch may use for one operation (``torch.set_num_threads``);
             ``None`` leaves PyTorch's default (one per core).
+        language: the language of checker messages (``"en"``, ``"zh"``); ``None`` keeps the current one.
     """
+    if language is not None:
+        set_language(language)
     import matplotlib as mpl
     import numpy as np
     import torch

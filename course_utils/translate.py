@@ -1,0 +1,226 @@
+"""Translated editions of the notebooks, from gettext catalogs: one unit per prose cell, keyed by its cell id.
+
+    python -m course_utils.translate update zh     # sync the catalogs with the English source edition
+    python -m course_utils.translate status        # per chapter: translated, fuzzy, untranslated units
+
+Catalogs live in ``course_utils/translations/<language>/<notebook stem>.po``, the format translators' tools
+(Poedit, Weblate, Lokalize, ``msgmerge``) read. Each Markdown cell of the English source edition is one unit:
+the cell id is its message context, the English text its message id, the translation its message string.
+``update`` works like ``msgmerge``: a new cell becomes an empty unit; a cell whose English changed keeps its old
+translation marked *fuzzy*, with the previous English kept for the translator to compare; a removed cell's unit
+becomes obsolete. A translated edition is built only from units that are translated, not fuzzy and whose
+English still matches: anything else is a :class:`TranslationError` naming the cells, so a build never ships an
+English paragraph in another language's edition. Code cells, identifiers and outputs are never translated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from course_utils.paths import PACKAGE_DIR
+
+if TYPE_CHECKING:  # importing course_utils (set_language) must stay light: nbformat is loaded where it is used
+    import nbformat
+
+TRANSLATIONS_DIR = PACKAGE_DIR / "translations"
+# Languages the course can be built in, with the locale code that goes into each catalog's header.
+LANGUAGES = {"zh": "zh_CN"}
+_HEADER = {
+    "Project-Id-Version": "pytorch-models-course",
+    "MIME-Version": "1.0",
+    "Content-Type": "text/plain; charset=UTF-8",
+    "Content-Transfer-Encoding": "8bit",
+    "Plural-Forms": "nplurals=1; plural=0;",
+}
+
+
+class TranslationError(Exception):
+    """A translated edition cannot be built: the message names the catalog and the cells."""
+
+
+@dataclass
+class Status:
+    """How far one catalog is from the notebook it translates."""
+
+    translated: list[str] = field(default_factory=list)
+    fuzzy: list[str] = field(default_factory=list)
+    untranslated: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)  # the English changed and `update` has not been run
+    missing: list[str] = field(default_factory=list)  # the cell has no unit at all
+
+    @property
+    def complete(self) -> bool:
+        return not (self.fuzzy or self.untranslated or self.stale or self.missing)
+
+    def problems(self) -> list[str]:
+        """One phrase per kind of problem, naming the cells."""
+        kinds = [
+            (self.missing, "no unit in the catalog (run `python -m course_utils.translate update`)"),
+            (self.stale, "English changed since the catalog was updated (run `update`)"),
+            (self.fuzzy, "English changed since translation: review the fuzzy units"),
+            (self.untranslated, "not translated yet"),
+        ]
+        return [f"{_cells(cells)}: {why}" for cells, why in kinds if cells]
+
+
+def _cells(ids: list[str], limit: int = 5) -> str:
+    shown = ", ".join(ids[:limit])
+    more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
+    return f"cell{'s' if len(ids) > 1 else ''} {shown}{more}"
+
+
+def _polib():
+    try:
+        import polib
+    except ImportError:  # pragma: no cover - polib is a pinned dependency of the course
+        raise TranslationError("polib is not installed: run `make install`") from None
+    return polib
+
+
+def catalog_path(language: str, notebook: Path, translations_dir: Path | None = None) -> Path:
+    """``course_utils/translations/zh/01_model_definition.po`` for ``01_model_definition.ipynb``."""
+    if language not in LANGUAGES:
+        raise TranslationError(f"language must be one of {sorted(LANGUAGES)} (got {language!r})")
+    return (translations_dir or TRANSLATIONS_DIR) / language / f"{notebook.stem}.po"
+
+
+def prose_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    """The cells that are translated: every Markdown cell with text."""
+    return [cell for cell in nb.cells if cell.cell_type == "markdown" and cell.source.strip()]
+
+
+def _checked_ids(nb: nbformat.NotebookNode, label: str) -> None:
+    ids = [cell.get("id") for cell in prose_cells(nb)]
+    if None in ids or len(set(ids)) != len(ids):
+        raise TranslationError(f"{label}: every Markdown cell needs a unique id (the catalogs are keyed by it)")
+
+
+def read_catalog(path: Path):
+    """The catalog at ``path`` (a ``polib.POFile``); an empty one when the file does not exist yet."""
+    polib = _polib()
+    if not path.exists():
+        catalog = polib.POFile(wrapwidth=0)
+        catalog.metadata = dict(_HEADER)
+        return catalog
+    try:
+        return polib.pofile(str(path), wrapwidth=0, check_for_duplicates=True)
+    except (OSError, ValueError) as error:
+        raise TranslationError(f"{path}: not a readable gettext catalog ({error})") from None
+
+
+def status(nb: nbformat.NotebookNode, catalog) -> Status:
+    """Compare a catalog with the prose cells of a notebook."""
+    result = Status()
+    units = {entry.msgctxt: entry for entry in catalog if not entry.obsolete}
+    for cell in prose_cells(nb):
+        entry = units.get(cell.id)
+        if entry is None:
+            result.missing.append(cell.id)
+        elif entry.msgid != cell.source:
+            result.stale.append(cell.id)
+        elif entry.fuzzy:
+            result.fuzzy.append(cell.id)
+        elif not entry.msgstr.strip():
+            result.untranslated.append(cell.id)
+        else:
+            result.translated.append(cell.id)
+    return result
+
+
+def update_catalog(nb: nbformat.NotebookNode, catalog, language: str, label: str) -> int:
+    """Bring a catalog in line with a notebook, as ``msgmerge`` would. Returns how many units changed."""
+    polib = _polib()
+    _checked_ids(nb, label)
+    catalog.metadata.setdefault("Language", LANGUAGES[language])
+    units = {entry.msgctxt: entry for entry in catalog}
+    wanted = set()
+    changed = 0
+    for cell in prose_cells(nb):
+        wanted.add(cell.id)
+        entry = units.get(cell.id)
+        if entry is None:
+            catalog.append(polib.POEntry(msgctxt=cell.id, msgid=cell.source, msgstr="", occurrences=[(label, "")]))
+            changed += 1
+            continue
+        if entry.obsolete:
+            entry.obsolete = False
+            changed += 1
+        if entry.msgid != cell.source:
+            entry.previous_msgid = entry.msgid
+            entry.msgid = cell.source
+            if entry.msgstr and not entry.fuzzy:
+                entry.flags.append("fuzzy")
+            changed += 1
+    for entry in catalog:
+        if entry.msgctxt not in wanted and not entry.obsolete:
+            entry.obsolete = True
+            changed += 1
+    return changed
+
+
+def translated_notebook(nb: nbformat.NotebookNode, catalog, language: str, label: str) -> nbformat.NotebookNode:
+    """The notebook with every prose cell in ``language``; code, ids and outputs unchanged.
+
+    Raises:
+        TranslationError: a prose cell has no current, reviewed translation (the message names it).
+    """
+    found = status(nb, catalog)
+    if not found.complete:
+        raise TranslationError(f"{label} [{language}]: " + "; ".join(found.problems()))
+    units = {entry.msgctxt: entry.msgstr for entry in catalog if not entry.obsolete}
+    translated = copy.deepcopy(nb)
+    for cell in prose_cells(translated):
+        cell.source = units[cell.id]
+    translated.metadata["language"] = language
+    return translated
+
+
+def languages(translations_dir: Path | None = None) -> list[str]:
+    """The languages that have a catalog folder, i.e. that the build makes editions for."""
+    root = translations_dir or TRANSLATIONS_DIR
+    return [language for language in LANGUAGES if (root / language).is_dir()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import nbformat
+
+    from course_utils.paths import SOLUTIONS_NOTEBOOKS_DIR
+
+    parser = argparse.ArgumentParser(prog="python -m course_utils.translate", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    update = commands.add_parser("update", help="add new cells, mark changed ones fuzzy, retire removed ones")
+    update.add_argument("language", choices=sorted(LANGUAGES))
+    report = commands.add_parser("status", help="how much of each chapter is translated")
+    report.add_argument("language", nargs="?", choices=sorted(LANGUAGES))
+    args = parser.parse_args(argv)
+    sources = sorted(SOLUTIONS_NOTEBOOKS_DIR.glob("*.ipynb"))
+    try:
+        for language in [args.language] if args.language else languages():
+            for path in sources:
+                nb = nbformat.read(path, as_version=4)
+                target = catalog_path(language, path)
+                catalog = read_catalog(target)
+                if args.command == "update":
+                    changed = update_catalog(nb, catalog, language, f"{path.parent.name}/{path.name}")
+                    if changed or not target.exists():
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        catalog.save(str(target))
+                    print(f"{language}/{target.name}: {changed} unit(s) changed")
+                else:
+                    found = status(nb, catalog)
+                    total = len(prose_cells(nb))
+                    problems = "; ".join(found.problems()) or "complete"
+                    print(f"{language}/{target.name}: {len(found.translated)}/{total} translated; {problems}")
+    except TranslationError as error:
+        print(f"translate failed: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
