@@ -24,6 +24,8 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from course_utils import i18n
+
 STATUSES = ("pass", "fail", "not_attempted", "checker_error")
 TIME_BUDGET_S = 2.0
 """Seconds a whole check may take before the learner's code is interrupted."""
@@ -361,11 +363,27 @@ def run(exercise_id: str, namespace: Mapping[str, Any]) -> CheckResult:
         namespace: where the learner's names live (``globals()`` in a notebook).
 
     Returns:
-        The result; it never raises for anything a learner wrote.
+        The result, in the language chosen with ``course_utils.set_language``; it never raises for anything a
+        learner wrote.
 
     Raises:
         CheckerBug: only in strict mode, when the checker itself is broken.
     """
+    return _localized(_run(exercise_id, namespace))
+
+
+def _localized(result: CheckResult) -> CheckResult:
+    if i18n.get_language() == i18n.ENGLISH:
+        return result
+    return dataclasses.replace(
+        result,
+        title=i18n.translate_message(result.title),
+        message=i18n.translate_message(result.message),
+        hint=i18n.translate_message(result.hint),
+    )
+
+
+def _run(exercise_id: str, namespace: Mapping[str, Any]) -> CheckResult:
     exercises = registry()
     if exercise_id not in exercises:
         return _checker_error(exercise_id, "", f"There is no exercise called {exercise_id!r}.", None)
@@ -432,9 +450,8 @@ def make_check(exercise_id: str) -> Callable[..., None]:
     def check(*args: Any, **kwargs: Any) -> None:
         if len(args) > len(ex.names) or set(kwargs) - set(ex.names):
             expected = ", ".join(ex.names)
-            show(
-                CheckResult(ex.id, ex.title, "fail", f"{check.__name__} takes your {expected} and nothing else.", None)
-            )
+            message = f"{check.__name__} takes your {expected} and nothing else."
+            show(_localized(CheckResult(ex.id, ex.title, "fail", message, None)))
             return
         namespace = dict(zip(ex.names, args, strict=False)) | kwargs
         show(run(ex.id, namespace))

@@ -7,9 +7,14 @@ Checker messages are English templates; :func:`gettext` returns a template's tra
 
 from __future__ import annotations
 
+import ast
 import os
+import re
+from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
+from course_utils.paths import PACKAGE_DIR
 from course_utils.translate import LANGUAGES, TRANSLATIONS_DIR, read_catalog
 
 ENGLISH = "en"
@@ -56,3 +61,149 @@ def gettext(message: str) -> str:
     if language == ENGLISH:
         return message
     return _messages(language).get(message, message)
+
+
+# --- checker messages: English templates found in the source, matched at run time ----------------------
+#
+# Checkers build their messages with f-strings, in English, where the code is. Rather than wrapping each one,
+# the catalog's units are those f-strings themselves, extracted from the source: ``f"{what} must be a tensor
+# (got {describe(actual)})."`` becomes the template ``{what} must be a tensor (got {describe(actual)}).``, which
+# a translator renders with the same placeholders. At run time a finished English message is matched against
+# the templates, and each placeholder's value is translated in turn (it may itself be a message).
+
+MESSAGE_SOURCES = ("checking.py", "compare.py", "checks")
+_PIECE = re.compile(r"(\{\{|\}\}|\{[^{}]+\})")
+_WORDS = re.compile(r"[A-Za-z]{2,}\W+[A-Za-z]{2,}")
+
+
+def _message_files(package_dir: Path) -> list[Path]:
+    files = []
+    for name in MESSAGE_SOURCES:
+        path = package_dir / name
+        files += sorted(path.glob("*.py")) if path.is_dir() else [path]
+    return files
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def _template(node: ast.AST) -> str | None:
+    """The template of a string literal or f-string: literal braces doubled, each value as ``{its source}``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        pieces = [node.value.replace("{", "{{").replace("}", "}}")]
+        literal = node.value
+    elif isinstance(node, ast.JoinedStr):
+        pieces, literal = [], ""
+        for value in node.values:
+            if isinstance(value, ast.Constant):
+                pieces.append(value.value.replace("{", "{{").replace("}", "}}"))
+                literal += value.value
+            else:
+                source = ast.unparse(value.value)
+                pieces.append("{" + (source if "{" not in source and "}" not in source else "value") + "}")
+    else:
+        return None
+    return "".join(pieces) if _WORDS.search(literal) else None
+
+
+def extract_templates(package_dir: Path | None = None) -> dict[str, list[str]]:
+    """Every message template in the checkers' source, with where it occurs (``file:line``)."""
+    package_dir = package_dir or PACKAGE_DIR
+    found: dict[str, list[str]] = {}
+    for path in _message_files(package_dir):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        skip = _docstrings(tree)
+        inner = {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values}
+        for node in ast.walk(tree):
+            if id(node) in skip or id(node) in inner:
+                continue
+            template = _template(node)
+            if template is not None:
+                where = f"{path.relative_to(package_dir.parent)}:{node.lineno}"
+                found.setdefault(template, []).append(where)
+    return found
+
+
+def _pieces(template: str) -> list[str]:
+    return [piece for piece in _PIECE.split(template) if piece]
+
+
+def _is_placeholder(piece: str) -> bool:
+    return piece.startswith("{") and piece not in ("{{", "}}")
+
+
+def _unescape(piece: str) -> str:
+    return {"{{": "{", "}}": "}"}.get(piece, piece)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    pattern: re.Pattern[str]
+    names: tuple[str, ...]
+    translation: list[str]
+    literal_length: int
+
+
+def _compile(template: str, translation: str) -> _Compiled:
+    pieces = _pieces(template)
+    regex, names = "", []
+    for piece in pieces:
+        if _is_placeholder(piece):
+            if piece in names:  # the same value twice: it must be the same text twice
+                regex += f"(?P={_group(names.index(piece))})"
+                continue
+            regex += f"(?P<{_group(len(names))}>.*?)"
+            names.append(piece)
+        else:
+            regex += re.escape(_unescape(piece))
+    literal = sum(len(_unescape(p)) for p in pieces if not _is_placeholder(p))
+    return _Compiled(re.compile(regex, re.S), tuple(names), _pieces(translation), literal)
+
+
+def _group(index: int) -> str:
+    return f"v{index}"
+
+
+@cache
+def _compiled(language: str) -> tuple[dict[str, str], list[_Compiled]]:
+    exact, templates = {}, []
+    for english, translation in _messages(language).items():
+        if any(_is_placeholder(p) for p in _pieces(english)):
+            templates.append(_compile(english, translation))
+        else:
+            exact["".join(_unescape(p) for p in _pieces(english))] = "".join(_unescape(p) for p in _pieces(translation))
+    templates.sort(key=lambda t: -t.literal_length)  # the most specific template wins
+    return exact, templates
+
+
+def translate_message(message: str | None, language: str | None = None, _depth: int = 0) -> str | None:
+    """A finished English checker message in ``language`` (default: the current one).
+
+    Parts that no template covers (a learner's own exception text, names, numbers) stay as they are.
+    """
+    language = language or get_language()
+    if message is None or language == ENGLISH or _depth > 4:
+        return message
+    exact, templates = _compiled(language)
+    if message in exact:
+        return exact[message]
+    for template in templates:
+        match = template.pattern.fullmatch(message)
+        if match is None:
+            continue
+        values = {name: match.group(_group(i)) for i, name in enumerate(template.names)}
+        out = []
+        for piece in template.translation:
+            if piece in values:
+                out.append(translate_message(values[piece], language, _depth + 1))
+            else:
+                out.append(_unescape(piece))
+        return "".join(out)
+    return message

@@ -1,7 +1,7 @@
 """Translated editions of the notebooks, from gettext catalogs: one unit per prose cell, keyed by its cell id.
 
-    python -m course_utils.translate update zh     # sync the catalogs with the English source edition
-    python -m course_utils.translate status        # per chapter: translated, fuzzy, untranslated units
+    python -m course_utils.translate update zh     # sync the catalogs with the English source and checkers
+    python -m course_utils.translate status        # per catalog: translated, fuzzy, untranslated units
 
 Catalogs live in ``course_utils/translations/<language>/<notebook stem>.po``, the format translators' tools
 (Poedit, Weblate, Lokalize, ``msgmerge``) read. Each Markdown cell of the English source edition is one unit:
@@ -11,6 +11,9 @@ translation marked *fuzzy*, with the previous English kept for the translator to
 becomes obsolete. A translated edition is built only from units that are translated, not fuzzy and whose
 English still matches: anything else is a :class:`TranslationError` naming the cells, so a build never ships an
 English paragraph in another language's edition. Code cells, identifiers and outputs are never translated.
+
+Checker messages have one more catalog per language, ``checks.po``, whose units are the message templates found
+in the checkers' source (see :mod:`course_utils.i18n`).
 """
 
 from __future__ import annotations
@@ -180,6 +183,34 @@ def translated_notebook(nb: nbformat.NotebookNode, catalog, language: str, label
     return translated
 
 
+def update_messages(templates: dict[str, list[str]], catalog, language: str) -> int:
+    """Bring the checker-message catalog in line with the templates found in the source. Returns the changes."""
+    polib = _polib()
+    catalog.metadata.setdefault("Language", LANGUAGES[language])
+    units = {entry.msgid: entry for entry in catalog}
+    changed = 0
+    for template, occurrences in templates.items():
+        where = [tuple(place.rsplit(":", 1)) for place in occurrences]
+        entry = units.get(template)
+        if entry is None:
+            catalog.append(polib.POEntry(msgid=template, msgstr="", occurrences=where))
+            changed += 1
+        elif entry.obsolete or entry.occurrences != where:
+            entry.obsolete, entry.occurrences = False, where
+            changed += 1
+    for entry in catalog:
+        if entry.msgid not in templates and not entry.obsolete:
+            entry.obsolete = True
+            changed += 1
+    return changed
+
+
+def untranslated_messages(templates: dict[str, list[str]], catalog) -> list[str]:
+    """The templates that have no reviewed translation in the catalog."""
+    done = {entry.msgid for entry in catalog if entry.msgstr.strip() and not entry.fuzzy and not entry.obsolete}
+    return [template for template in templates if template not in done]
+
+
 def languages(translations_dir: Path | None = None) -> list[str]:
     """The languages that have a catalog folder, i.e. that the build makes editions for."""
     root = translations_dir or TRANSLATIONS_DIR
@@ -198,9 +229,22 @@ def main(argv: list[str] | None = None) -> int:
     report = commands.add_parser("status", help="how much of each chapter is translated")
     report.add_argument("language", nargs="?", choices=sorted(LANGUAGES))
     args = parser.parse_args(argv)
+    from course_utils import i18n
+
     sources = sorted(SOLUTIONS_NOTEBOOKS_DIR.glob("*.ipynb"))
+    templates = i18n.extract_templates()
     try:
         for language in [args.language] if args.language else languages():
+            target = TRANSLATIONS_DIR / language / i18n.CHECKS_CATALOG
+            catalog = read_catalog(target)
+            if args.command == "update":
+                changed = update_messages(templates, catalog, language)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                catalog.save(str(target))
+                print(f"{language}/{target.name}: {changed} unit(s) changed")
+            else:
+                missing = untranslated_messages(templates, catalog)
+                print(f"{language}/{target.name}: {len(templates) - len(missing)}/{len(templates)} messages translated")
             for path in sources:
                 nb = nbformat.read(path, as_version=4)
                 target = catalog_path(language, path)

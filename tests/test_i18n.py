@@ -4,7 +4,10 @@ import polib
 import pytest
 
 import course_utils
-from course_utils import i18n
+from course_utils import (
+    checking,
+    i18n,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -54,3 +57,102 @@ def test_an_unknown_language_is_refused_with_the_choices(bad):
     with pytest.raises(ValueError, match=r"language must be one of \['en', 'zh'\]"):
         course_utils.set_language(bad)
     assert course_utils.get_language() == "en"
+
+
+# --- checker messages -------------------------------------------------------------------------------------
+
+
+@checking.exercise("ch98.triple", title="Triple a number", names=["triple"])
+def _check_triple(triple):
+    checking.expect(callable(triple), f"triple must be a function (got {checking.describe(triple)}).")
+    with checking.step("calling triple(2)"):
+        value = triple(2)
+    checking.expect(value == 6, f"triple(2) returned {checking.describe(value)}; expected 6.", "Multiply by 3.")
+    return "triple(2) == 6."
+
+
+_ZH = {
+    "Triple a number": "把数乘以三",
+    "triple must be a function (got {checking.describe(triple)}).": (
+        "triple 必须是函数（得到 {checking.describe(triple)}）。"
+    ),
+    "triple(2) returned {checking.describe(value)}; expected 6.": (
+        "triple(2) 返回了 {checking.describe(value)}；应为 6。"
+    ),
+    "Multiply by 3.": "乘以 3。",
+    "the string {value[:40]}": "字符串 {value[:40]}",
+    "{doing} raised {type(error).__name__}: {first_line(error)}": (
+        "{doing} 时抛出 {type(error).__name__}：{first_line(error)}"
+    ),
+    "calling triple(2)": "调用 triple(2)",
+}
+
+
+@pytest.fixture
+def checks_catalog(tmp_path, monkeypatch):
+    (tmp_path / "zh").mkdir()
+    po = polib.POFile()
+    for english, chinese in _ZH.items():
+        po.append(polib.POEntry(msgid=english, msgstr=chinese))
+    po.save(str(tmp_path / "zh" / i18n.CHECKS_CATALOG))
+    monkeypatch.setattr(i18n, "TRANSLATIONS_DIR", tmp_path)
+    i18n._messages.cache_clear()
+    i18n._compiled.cache_clear()
+    yield
+    i18n._compiled.cache_clear()
+
+
+def test_templates_are_extracted_from_the_checkers_f_strings_without_docstrings():
+    templates = i18n.extract_templates()
+    assert "{what} must be a tensor (got {describe(actual)})." in templates
+    assert any(
+        where.startswith("course_utils/compare.py:")
+        for where in templates["{what} must be a tensor (got {describe(actual)})."]
+    )
+    assert not any(t.startswith("Comparisons that checkers share") for t in templates), (
+        "module docstrings are not messages"
+    )
+    assert "weight" not in templates, "single words (keys, attribute names) are not messages"
+
+
+def test_literal_braces_are_escaped_in_templates(tmp_path):
+    (tmp_path / "checks").mkdir()
+    (tmp_path / "checking.py").write_text('X = f"a dict {{k: v}} for {name} here"\n', encoding="utf-8")
+    (tmp_path / "compare.py").write_text("", encoding="utf-8")
+    assert list(i18n.extract_templates(tmp_path)) == ["a dict {{k: v}} for {name} here"]
+
+
+def test_a_failing_check_speaks_chinese_with_its_values_and_nested_phrases(checks_catalog):
+    course_utils.set_language("zh")
+    result = checking.run("ch98.triple", {"triple": lambda x: str(x)})
+    assert (result.title, result.message, result.hint) == (
+        "把数乘以三",
+        "triple(2) 返回了 字符串 '2'；应为 6。",
+        "乘以 3。",
+    )
+
+
+def test_a_learners_exception_keeps_its_own_text_inside_the_translated_sentence(checks_catalog):
+    course_utils.set_language("zh")
+    result = checking.run("ch98.triple", {"triple": lambda x: 1 / 0})
+    assert result.message == "调用 triple(2) 时抛出 ZeroDivisionError：division by zero"
+
+
+def test_english_results_are_untouched_and_unknown_messages_stay_english(checks_catalog):
+    assert checking.run("ch98.triple", {"triple": lambda x: 5}).message == "triple(2) returned int 5; expected 6."
+    course_utils.set_language("zh")
+    assert i18n.translate_message("Something no template covers.") == "Something no template covers."
+
+
+def test_the_most_specific_template_wins(tmp_path, monkeypatch):
+    (tmp_path / "zh").mkdir()
+    po = polib.POFile()
+    po.append(polib.POEntry(msgid="{a} failed.", msgstr="{a} 失败。"))
+    po.append(polib.POEntry(msgid="{a} failed to load {b}.", msgstr="{a} 无法加载 {b}。"))
+    po.save(str(tmp_path / "zh" / i18n.CHECKS_CATALOG))
+    monkeypatch.setattr(i18n, "TRANSLATIONS_DIR", tmp_path)
+    i18n._messages.cache_clear()
+    i18n._compiled.cache_clear()
+    assert i18n.translate_message("Net failed to load x.pt.", "zh") == "Net 无法加载 x.pt。"
+    assert i18n.translate_message("Net failed.", "zh") == "Net 失败。"
+    i18n._compiled.cache_clear()

@@ -198,3 +198,26 @@ def test_the_command_line_updates_catalogs_and_reports_status(book, monkeypatch,
     (translations / "zh" / "01_model_definition.po").write_text("garbage\n", encoding="utf-8")
     assert translate.main(["status", "zh"]) == 2
     assert "translate failed:" in capsys.readouterr().err
+
+
+def test_the_message_catalog_follows_the_templates_in_the_source():
+    catalog = translate.read_catalog(Path("/nonexistent.po"))
+    templates = {"{what} must be a tensor (got {got}).": ["course_utils/compare.py:97"], "Multiply by 3.": ["x.py:1"]}
+    assert translate.update_messages(templates, catalog, "zh") == 2
+    assert translate.untranslated_messages(templates, catalog) == list(templates)
+    catalog[0].msgstr = "{what} 必须是张量（得到 {got}）。"
+    assert translate.untranslated_messages(templates, catalog) == ["Multiply by 3."]
+    catalog[0].flags.append("fuzzy")
+    assert len(translate.untranslated_messages(templates, catalog)) == 2, "a fuzzy translation is not a translation"
+    del templates["Multiply by 3."]
+    assert translate.update_messages(templates, catalog, "zh") == 1
+    assert [e.obsolete for e in catalog] == [False, True]
+
+
+@pytest.mark.parametrize("language", translate.languages())
+def test_every_checker_message_has_a_translation(language):
+    from course_utils import i18n
+
+    catalog = translate.read_catalog(translate.TRANSLATIONS_DIR / language / i18n.CHECKS_CATALOG)
+    missing = translate.untranslated_messages(i18n.extract_templates(), catalog)
+    assert not missing, f"{len(missing)} checker messages have no {language} translation, e.g. {missing[:3]}"
