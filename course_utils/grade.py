@@ -31,7 +31,7 @@ from pathlib import Path
 import nbformat
 import psutil
 
-from course_utils import checking
+from course_utils import checking, i18n
 
 CELL_TIMEOUT_S = 30.0
 NOTEBOOK_TIMEOUT_S = 180.0
@@ -48,6 +48,7 @@ class Grade:
     status: str
     results: list[dict] = dataclasses.field(default_factory=list)
     notes: str = ""
+    language: str = i18n.ENGLISH
 
     @property
     def total(self) -> int:
@@ -67,6 +68,14 @@ def detect_chapter(nb: nbformat.NotebookNode, file_name: str) -> int | None:
                 return int(match.group(1))
     match = _FILE_NAME.match(file_name)
     return int(match.group(1)) if match else None
+
+
+def submission_language(nb: nbformat.NotebookNode, language: str | None = None) -> str:
+    """The language of a submission's messages: ``language`` if given, else the edition's (its metadata)."""
+    if language is not None:
+        return language
+    found = nb.metadata.get("language")
+    return found if found in i18n.available_languages() else i18n.ENGLISH
 
 
 def _kill_tree(seen: dict[int, float]) -> None:
@@ -105,7 +114,11 @@ def _watch(process: subprocess.Popen, timeout: float) -> tuple[bool, dict[int, f
 
 
 def grade_notebook(
-    path: Path, chapter: int | None = None, cell_timeout: float = CELL_TIMEOUT_S, timeout: float = NOTEBOOK_TIMEOUT_S
+    path: Path,
+    chapter: int | None = None,
+    cell_timeout: float = CELL_TIMEOUT_S,
+    timeout: float = NOTEBOOK_TIMEOUT_S,
+    language: str | None = None,
 ) -> Grade:
     """Grade one submitted notebook in its own process and kernel.
 
@@ -114,6 +127,7 @@ def grade_notebook(
         chapter: its chapter; detected from the notebook when None.
         cell_timeout: seconds before a cell is interrupted (the run then continues).
         timeout: seconds before the whole run is killed.
+        language: the language of messages and feedback; the edition's own (from its metadata) when None.
 
     Returns:
         The grade; a submission that cannot be graded gets status ``unreadable``, ``unknown chapter``,
@@ -125,10 +139,12 @@ def grade_notebook(
     except Exception as error:  # invalid JSON, not a notebook, unreadable file
         return Grade(path.name, chapter, "unreadable", notes=checking.first_line(error))
     chapter = chapter or detect_chapter(nb, path.name)
+    language = submission_language(nb, language)
     if not chapter or not checking.chapter_exercises(chapter):
-        return Grade(path.name, chapter, "unknown chapter", notes="pass --chapter N")
+        return Grade(path.name, chapter, "unknown chapter", notes="pass --chapter N", language=language)
     env = {k: v for k, v in os.environ.items() if not k.startswith("COURSE_UTILS_")}
     env["MPLBACKEND"] = "Agg"
+    env["COURSE_UTILS_LANGUAGE"] = language  # the kernel's checks report in it
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
         result_path = Path(tmp) / "result.json"
         command = [sys.executable, "-m", "course_utils.grade_worker", str(path), str(chapter)]
@@ -144,12 +160,13 @@ def grade_notebook(
         _kill_tree(seen)
         process.wait()
         if not finished:
-            return Grade(path.name, chapter, "timeout", notes=f"killed after {timeout:g} s")
+            return Grade(path.name, chapter, "timeout", notes=f"killed after {timeout:g} s", language=language)
         if not result_path.exists():
-            return Grade(path.name, chapter, "grading failed", notes=f"worker exited with {process.returncode}")
+            notes = f"worker exited with {process.returncode}"
+            return Grade(path.name, chapter, "grading failed", notes=notes, language=language)
         payload = json.loads(result_path.read_text(encoding="utf-8"))
     notes = ", ".join(f"cell {i} interrupted after {cell_timeout:g} s" for i in payload["interrupted"])
-    return Grade(path.name, chapter, payload["status"], payload["results"], notes)
+    return Grade(path.name, chapter, payload["status"], payload["results"], notes, language)
 
 
 def write_csv(grades: list[Grade], out: Path) -> None:
@@ -176,23 +193,36 @@ _WHY = {
     "unknown chapter": "The chapter of this notebook could not be found.",
     "grading failed": "The grader could not finish on this notebook; please tell your instructor.",
 }
-_LABEL = {"pass": "Passed", "fail": "Failed", "not_attempted": "Not attempted", "checker_error": "Checker error"}
+_LABEL = {
+    "pass": "Check passed",
+    "fail": "Check failed",
+    "not_attempted": "Not attempted",
+    "checker_error": "Checker error",
+}
 
 
 def feedback_markdown(grade: Grade) -> str:
-    """A short Markdown page for the learner: the total, then each exercise's result and hint."""
-    lines = [f"# Feedback on {grade.file}", ""]
+    """A short Markdown page for the learner, in the submission's language: the total, then each result and hint."""
+
+    def t(text: str) -> str:  # the results come translated from the kernel; the page's own sentences here
+        return i18n.translate_message(text, grade.language) or ""
+
+    lines = [t(f"# Feedback on {grade.file}"), ""]
     if grade.status != "ok":
-        lines += [f"**Status: {grade.status}.** {_WHY.get(grade.status, '')}", ""]
+        lines += [t(f"**Status: {grade.status}.**") + " " + t(_WHY.get(grade.status, "")), ""]
     if grade.chapter:
-        lines += [f"Chapter {grade.chapter}: **{grade.total} of {grade.maximum} points**.", ""]
+        lines += [t(f"Chapter {grade.chapter}: **{grade.total} of {grade.maximum} points**."), ""]
     if grade.notes:
-        lines += [f"Note: {grade.notes}.", ""]
+        lines += [t(f"Note: {grade.notes}."), ""]
     for r in grade.results:
         earned = r["points"] if r["status"] == "pass" else 0
-        lines += [f"## {r['id']}: {r['title']} ({earned}/{r['points']})", "", f"{_LABEL[r['status']]}. {r['message']}"]
+        lines += [
+            f"## {r['id']}: {r['title']} ({earned}/{r['points']})",
+            "",
+            f"{t(_LABEL[r['status']])}. {r['message']}",
+        ]
         if r.get("hint") and r["status"] != "pass":
-            lines += ["", f"Hint: {r['hint']}"]
+            lines += ["", t(f"Hint: {r['hint']}")]
         lines.append("")
     return "\n".join(lines)
 
@@ -204,13 +234,14 @@ def grade_directory(
     cell_timeout: float = CELL_TIMEOUT_S,
     timeout: float = NOTEBOOK_TIMEOUT_S,
     progress: bool = True,
+    language: str | None = None,
 ) -> list[Grade]:
     """Grade every ``*.ipynb`` in ``submissions`` (sorted by name), ``jobs`` at a time."""
     from tqdm.auto import tqdm
 
     paths = sorted(p for p in submissions.glob("*.ipynb") if not p.name.startswith("."))
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = pool.map(lambda p: grade_notebook(p, chapter, cell_timeout, timeout), paths)
+        futures = pool.map(lambda p: grade_notebook(p, chapter, cell_timeout, timeout, language), paths)
         return list(tqdm(futures, total=len(paths), desc="grading", unit="notebook", disable=not progress))
 
 
@@ -223,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="submissions graded at once (default 1)")
     parser.add_argument("--cell-timeout", type=float, default=CELL_TIMEOUT_S, help="seconds per cell (30)")
     parser.add_argument("--timeout", type=float, default=NOTEBOOK_TIMEOUT_S, help="seconds per notebook (180)")
+    parser.add_argument(
+        "--language", choices=i18n.available_languages(), help="messages and feedback (default: each edition's own)"
+    )
     args = parser.parse_args(argv)
     if not args.submissions.is_dir():
         print(f"grade: {args.submissions} is not a folder", file=sys.stderr)
@@ -230,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.chapter is not None and not checking.chapter_exercises(args.chapter):
         print(f"grade: chapter {args.chapter} has no exercises", file=sys.stderr)
         return 2
-    grades = grade_directory(args.submissions, args.chapter, args.jobs, args.cell_timeout, args.timeout)
+    grades = grade_directory(
+        args.submissions, args.chapter, args.jobs, args.cell_timeout, args.timeout, language=args.language
+    )
     write_csv(grades, args.out)
     if args.feedback_dir:
         args.feedback_dir.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,7 @@ def gettext(message: str) -> str:
 # a translator renders with the same placeholders. At run time a finished English message is matched against
 # the templates, and each placeholder's value is translated in turn (it may itself be a message).
 
-MESSAGE_SOURCES = ("checking.py", "compare.py", "checks")
+MESSAGE_SOURCES = ("checking.py", "compare.py", "checks", "grade.py")
 _PIECE = re.compile(r"(\{\{|\}\}|\{[^{}]+\})")
 _WORDS = re.compile(r"[A-Za-z]{2,}\W+[A-Za-z]{2,}")
 

@@ -138,7 +138,7 @@ def test_a_wrong_answer_loses_its_points_and_gets_the_checkers_message(graded):
     row = graded["wrong"]
     assert row["status"] == "ok" and row["ch1.build_mlp"] == "0"
     assert _points(row) == FULL_MARKS - checking.registry()["ch1.build_mlp"].points
-    assert "Failed. The layers of build_mlp([784, 256, 10]) have no names" in row["feedback"]
+    assert "Check failed. The layers of build_mlp([784, 256, 10]) have no names" in row["feedback"]
     assert "Hint: Pass an OrderedDict" in row["feedback"]
 
 
@@ -220,3 +220,46 @@ def test_nbval_lax_in_graded_mode_fails_exactly_at_the_exercises_that_do_not_pas
     assert "1 failed" in result.stdout, result.stdout[-2000:]
     assert "[FAIL] ch1.build_mlp" in result.stdout
     assert "course_utils/checking.py" not in result.stdout, "graded mode must not show a traceback"
+
+
+def test_the_language_comes_from_the_edition_unless_it_is_given():
+    nb = nbformat.v4.new_notebook()
+    assert grade.submission_language(nb) == "en"
+    nb.metadata["language"] = "zh"
+    assert grade.submission_language(nb) == "zh"
+    assert grade.submission_language(nb, "en") == "en"
+    nb.metadata["language"] = "klingon"
+    assert grade.submission_language(nb) == "en", "an unknown language in the metadata falls back to English"
+
+
+def test_feedback_pages_are_written_in_the_submissions_language(tmp_path, monkeypatch):
+    import polib
+
+    from course_utils import i18n
+
+    (tmp_path / "zh").mkdir()
+    po = polib.POFile()
+    for english, chinese in [
+        ("# Feedback on {grade.file}", "# {grade.file} 的反馈"),
+        (
+            "Chapter {grade.chapter}: **{grade.total} of {grade.maximum} points**.",
+            "第 {grade.chapter} 章：**{grade.total}/{grade.maximum} 分**。",
+        ),
+        ("Check failed", "未通过"),
+        ("Hint: {r['hint']}", "提示：{r['hint']}"),
+    ]:
+        po.append(polib.POEntry(msgid=english, msgstr=chinese))
+    po.save(str(tmp_path / "zh" / i18n.CHECKS_CATALOG))
+    monkeypatch.setattr(i18n, "TRANSLATIONS_DIR", tmp_path)
+    i18n._messages.cache_clear()
+    i18n._compiled.cache_clear()
+    result = {"id": "ch1.build_mlp", "title": "构建 MLP", "points": 2, "status": "fail", "message": "层没有名字。"}
+    page = grade.feedback_markdown(
+        grade.Grade("alice.ipynb", 1, "ok", [result | {"hint": "用 OrderedDict。"}], language="zh")
+    )
+    i18n._compiled.cache_clear()
+    assert page.splitlines()[:2] == ["# alice.ipynb 的反馈", ""]
+    assert f"第 1 章：**0/{FULL_MARKS} 分**。" in page
+    assert "未通过. 层没有名字。" in page and "提示：用 OrderedDict。" in page
+    english = grade.feedback_markdown(grade.Grade("bob.ipynb", 1, "ok", [result | {"hint": "Use an OrderedDict."}]))
+    assert "# Feedback on bob.ipynb" in english and "Hint: Use an OrderedDict." in english
