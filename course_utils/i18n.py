@@ -80,7 +80,7 @@ def _message_files(package_dir: Path) -> list[Path]:
     files = []
     for name in MESSAGE_SOURCES:
         path = package_dir / name
-        files += sorted(path.glob("*.py")) if path.is_dir() else [path]
+        files += sorted(path.glob("*.py")) if path.is_dir() else [path] if path.exists() else []
     return files
 
 
