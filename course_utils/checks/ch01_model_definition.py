@@ -282,7 +282,7 @@ def _expect_keys(net: nn.Module, call: str, expected: list[str]) -> None:
 def _expect_indexing(net: nn.Module, modules: list[nn.Module], call: str) -> None:
     n = len(modules)
     length = _learner_call(f"calling len({call})", lambda: len(net), "Define __len__(self) -> int.")
-    expect(length == n, f"len({call}) is {describe(length)}; expected {n}.", "Return the number of modules added.")
+    expect(length == n, f"len({call}) is {length!r}; expected {n}.", "Return the number of modules added.")
     for index in (0, n - 1, -1, -n):
         got = _learner_call(
             f"indexing net[{index}] of {call}",
@@ -357,7 +357,7 @@ def _check_my_sequential(MySequential: Any) -> str:  # noqa: N803 - the learner'
     length = _learner_call(f"calling len({call})", lambda: len(net), None)
     expect(
         length == 3,
-        f"len({call}) is {describe(length)}; expected 3.",
+        f"len({call}) is {length!r}; expected 3.",
         "children() lists a module passed twice only once: count the entries of self._modules.",
     )
     _expect_runs_in_order(net, shared, tanh, shared, call)
@@ -404,6 +404,25 @@ def _reference_multitask(p: float) -> nn.Module:
     return reference
 
 
+def _materialize(net: nn.Module, x: torch.Tensor, call: str) -> None:
+    """Run one dry run when the learner used a lazy layer (nn.LazyLinear is a fine answer for proj)."""
+    lazy = [m for m in net.modules() if isinstance(m, nn.modules.lazy.LazyModuleMixin)]
+    if any(m.has_uninitialized_params() for m in lazy):
+        with step(f"running a dry run of {call} for its lazy layers"), torch.no_grad():
+            was_training = net.training
+            net.eval()(x, next(iter(_MT_TASKS)))
+            net.train(was_training)
+
+
+def _calm_net(MultiTaskNet: Any, reference: nn.Module, x: torch.Tensor) -> nn.Module:  # noqa: N803
+    """The learner's network with p=0.0, holding the reference's weights."""
+    call = f"MultiTaskNet(6, 8, 2, {_MT_TASKS}, p=0.0)"
+    calm = build(MultiTaskNet, call, 6, 8, 2, dict(_MT_TASKS), p=0.0)
+    _materialize(calm, x, call)
+    load_reference_weights(calm, reference, call)
+    return calm
+
+
 @exercise("ch1.fix_bugs", title="Find and fix the bugs of BuggyMultiTaskNet", names=["MultiTaskNet"], points=2)
 def _check_fix_bugs(MultiTaskNet: Any) -> str:  # noqa: N803 - the learner's class name
     expect_module_class(MultiTaskNet, "MultiTaskNet")
@@ -431,9 +450,7 @@ def _check_fix_bugs(MultiTaskNet: Any) -> str:  # noqa: N803 - the learner's cla
         "Create it once in __init__: self.proj = nn.Linear(in_features, hidden).",
     )
     x = _input(5, 6)
-    if isinstance(proj, nn.modules.lazy.LazyModuleMixin) and proj.has_uninitialized_params():
-        with step(f"running a dry run of {_MT_CALL} for its lazy proj"), torch.no_grad():
-            net.eval()(x, next(iter(_MT_TASKS)))
+    _materialize(net, x, _MT_CALL)
     reference = _reference_multitask(p=0.5)
     expect_same_keys(net, reference, _MT_CALL, "Register centre, proj, blocks and heads, and nothing else.")
     load_reference_weights(net, reference, _MT_CALL)  # the checker built net: no copy needed
@@ -443,8 +460,7 @@ def _check_fix_bugs(MultiTaskNet: Any) -> str:  # noqa: N803 - the learner's cla
     first = _multitask_outputs(net, x, "the module in eval mode")
     second = _multitask_outputs(net, x, "the module in eval mode")
     if not all(matches(first[t], second[t]) for t in _MT_TASKS if isinstance(second[t], torch.Tensor)):
-        calm = build(MultiTaskNet, "MultiTaskNet(6, 8, 2, ..., p=0.0)", 6, 8, 2, dict(_MT_TASKS), p=0.0)
-        load_reference_weights(calm, reference, "MultiTaskNet(..., p=0.0)")
+        calm = _calm_net(MultiTaskNet, reference, x)
         with step("calling .eval() on the module"):
             calm.eval()
         a = _multitask_outputs(calm, x, "MultiTaskNet(..., p=0.0) in eval mode")
@@ -476,8 +492,7 @@ def _check_fix_bugs(MultiTaskNet: Any) -> str:  # noqa: N803 - the learner's cla
         "In training mode the output equals eval mode's: dropout never drops.",
         "Keep the dropout after the blocks: nn.Dropout(p), or F.dropout(x, self.p, training=self.training).",
     )
-    calm = build(MultiTaskNet, "MultiTaskNet(6, 8, 2, ..., p=0.0)", 6, 8, 2, dict(_MT_TASKS), p=0.0)
-    load_reference_weights(calm, reference, "MultiTaskNet(..., p=0.0)")
+    calm = _calm_net(MultiTaskNet, reference, x)
     with step("calling .train() on the module"):
         calm.train()
     untouched = _multitask_outputs(calm, x, "MultiTaskNet(..., p=0.0) in training mode")
