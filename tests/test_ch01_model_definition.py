@@ -794,3 +794,21 @@ def test_fix_bugs_in_another_style_with_odd_attributes_passes():
 
     result = _run("ch1.fix_bugs", "MultiTaskNet", MultiTaskNet)
     assert result.status == "pass", str(result)
+
+
+def test_fix_bugs_with_the_blocks_in_a_sequential_passes():
+    class MultiTaskNet(ref.MultiTaskNet):
+        def __init__(self, in_features, hidden, depth, tasks, p=0.5):
+            super().__init__(in_features, hidden, depth, tasks, p)
+            self.blocks = nn.Sequential(*[nn.Linear(hidden, hidden) for _ in range(depth)])
+
+    result = _run("ch1.fix_bugs", "MultiTaskNet", MultiTaskNet)
+    assert result.status == "pass", str(result)
+
+
+def test_fix_bugs_with_one_block_too_many_fails_on_the_keys():
+    class MultiTaskNet(ref.MultiTaskNet):
+        def __init__(self, in_features, hidden, depth, tasks, p=0.5):
+            super().__init__(in_features, hidden, depth + 1, tasks, p)
+
+    _expect_fail(_run("ch1.fix_bugs", "MultiTaskNet", MultiTaskNet), "unexpected blocks.2.weight, blocks.2.bias")

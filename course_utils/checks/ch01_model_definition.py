@@ -427,8 +427,14 @@ def _calm_net(MultiTaskNet: Any, reference: nn.Module, x: torch.Tensor) -> nn.Mo
 def _check_fix_bugs(MultiTaskNet: Any) -> str:  # noqa: N803 - the learner's class name
     expect_module_class(MultiTaskNet, "MultiTaskNet")
     net = build(MultiTaskNet, _MT_CALL, 6, 8, 2, dict(_MT_TASKS), p=0.5)
-    blocks = _expect_module_list(net, "blocks", "MultiTaskNet")
-    expect(len(blocks) == 2, f"{_MT_CALL}.blocks holds {len(blocks)} modules; expected depth = 2 Linear layers.")
+    blocks = getattr(net, "blocks", None)
+    if isinstance(blocks, list | tuple):
+        _expect_module_list(net, "blocks", "MultiTaskNet")  # names the plain-list bug
+    expect(
+        isinstance(blocks, nn.Module),
+        f"MultiTaskNet.blocks must be a registered container, such as an nn.ModuleList (got {describe(blocks)}).",
+        "self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))",
+    )
     heads = getattr(net, "heads", None)
     if isinstance(heads, dict):
         raise Fail(
