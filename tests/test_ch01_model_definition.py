@@ -812,3 +812,37 @@ def test_fix_bugs_with_one_block_too_many_fails_on_the_keys():
             super().__init__(in_features, hidden, depth + 1, tasks, p)
 
     _expect_fail(_run("ch1.fix_bugs", "MultiTaskNet", MultiTaskNet), "unexpected blocks.2.weight, blocks.2.bias")
+
+
+# --- the references' own failure modes ----------------------------------------------------------------
+
+
+def test_reference_my_sequential_indexes_like_a_list():
+    a, b = nn.Linear(2, 2), nn.ReLU()
+    net = ref.MySequential(a, b)
+    assert (net[0], net[-1], net[-2], len(net)) == (a, b, a, 2)
+    with pytest.raises(IndexError, match="index 2 is out of range for a MySequential of 2 modules"):
+        net[2]
+    with pytest.raises(TypeError):
+        net["0"]
+
+
+def test_reference_my_sequential_runs_a_shared_module_twice():
+    shared = nn.Linear(3, 3)
+    x = torch.randn(2, 3)
+    assert torch.allclose(ref.MySequential(shared, nn.Tanh(), shared)(x), shared(torch.tanh(shared(x))))
+
+
+@pytest.mark.parametrize("task", ["type", "to", "cls.v2", ""])
+def test_reference_task_heads_rejects_names_module_dict_cannot_hold(task):
+    with pytest.raises(ValueError, match=f"task name {task!r} cannot be a key of nn.ModuleDict"):
+        ref.TaskHeads(4, 8, {"digit": 10, task: 2})
+
+
+def test_reference_multitask_net_is_deterministic_in_eval_and_drops_in_training():
+    net = ref.MultiTaskNet(6, 8, 2, {"a": 3}, p=0.5)
+    x = torch.randn(4, 6)
+    net.eval()
+    assert torch.equal(net(x, "a"), net(x, "a"))
+    net.train()
+    assert not torch.equal(net(x, "a"), net(x, "a"))
