@@ -823,7 +823,7 @@ def test_reference_my_sequential_indexes_like_a_list():
     assert (net[0], net[-1], net[-2], len(net)) == (a, b, a, 2)
     with pytest.raises(IndexError, match="index 2 is out of range for a MySequential of 2 modules"):
         net[2]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="indices must be integers"):
         net["0"]
 
 

@@ -4,7 +4,6 @@ The ``### BEGIN SOLUTION`` / ``### END SOLUTION`` markers delimit what the stude
 stub; ``python -m course_utils.build`` copies these definitions into the chapter's notebook.
 """
 
-import operator
 from collections import OrderedDict
 from itertools import pairwise
 
@@ -96,7 +95,8 @@ class MySequential(nn.Module):
 
     def __getitem__(self, index: int) -> nn.Module:
         ### BEGIN SOLUTION
-        index = operator.index(index)  # a TypeError for anything that is not an integer
+        if not isinstance(index, int):
+            raise TypeError(f"MySequential indices must be integers (got {type(index).__name__})")
         modules = list(self._modules.values())
         if not -len(modules) <= index < len(modules):
             raise IndexError(f"index {index} is out of range for a MySequential of {len(modules)} modules")
