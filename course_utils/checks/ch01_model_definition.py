@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -15,7 +16,6 @@ from course_utils.compare import (
     expect_linear,
     expect_module_class,
     expect_same_keys,
-    learner_copy,
     load_reference_weights,
     matches,
 )
@@ -101,8 +101,9 @@ def _check_build_mlp(build_mlp: Any) -> str:
                     isinstance(relu, nn.ReLU),
                     f"relu{i} of build_mlp({sizes}) must be nn.ReLU() (got {type(relu).__name__}).",
                 )
-    net = learner_copy(net, "the network")
-    load_reference_weights(net, ref.build_mlp(_SIZES), f"build_mlp({_SIZES})")
+    # Structure only: the output is compared with the learner's own layers, so nothing is loaded into the
+    # network (build_mlp may return an object that the learner still holds) and nothing needs a deep copy.
+    expect_same_keys(net, ref.build_mlp(_SIZES), f"build_mlp({_SIZES})")
     x = _input(5, _SIZES[0])
     with step(f"running build_mlp({_SIZES}) on a (5, 8) input"):
         output = net(x)
@@ -119,9 +120,6 @@ def _check_build_mlp(build_mlp: Any) -> str:
 
 
 check_build_mlp = make_check("ch1.build_mlp")
-
-
-# --- ch1.mlp_stack ------------------------------------------------------------------------------------
 
 
 def _expect_module_list(net: nn.Module, attribute: str, cls_name: str) -> nn.ModuleList:
@@ -143,34 +141,6 @@ def _expect_module_list(net: nn.Module, attribute: str, cls_name: str) -> nn.Mod
         f"Assign self.{attribute} = nn.ModuleList([...]).",
     )
     return layers
-
-
-@exercise("ch1.mlp_stack", title="Layers in an nn.ModuleList", names=["MLPStack"], points=1)
-def _check_mlp_stack(MLPStack: Any) -> str:  # noqa: N803 - the learner's class name
-    expect_module_class(MLPStack, "MLPStack")
-    net = build(MLPStack, f"MLPStack({_SIZES})", _SIZES)
-    layers = _expect_module_list(net, "layers", "MLPStack")
-    expect(
-        len(layers) == len(_SIZES) - 1,
-        f"MLPStack({_SIZES}).layers holds {len(layers)} modules; expected {len(_SIZES) - 1} Linear layers.",
-        "Keep only the Linear layers in the list; apply ReLU in forward.",
-    )
-    for i, (n_in, n_out) in enumerate(zip(_SIZES[:-1], _SIZES[1:], strict=True)):
-        expect_linear(layers[i], n_in, n_out, f"layers[{i}] of MLPStack({_SIZES})")
-    reference = ref.MLPStack(_SIZES)
-    expect_same_keys(
-        net, reference, f"MLPStack({_SIZES})", "Register the Linear layers once, in self.layers, and nothing else."
-    )
-    net = learner_copy(net, "the network")
-    load_reference_weights(net, reference, f"MLPStack({_SIZES})")
-    x = _input(5, _SIZES[0])
-    with step(f"running MLPStack({_SIZES}) on a (5, 8) input"):
-        output = net(x)
-    _diagnose_mlp(output, list(reference.layers), x, f"The output of MLPStack({_SIZES})")
-    return "MLPStack registers its layers in an nn.ModuleList (keys layers.0.weight, ...) and computes the reference."
-
-
-check_mlp_stack = make_check("ch1.mlp_stack")
 
 
 # --- ch1.task_heads -----------------------------------------------------------------------------------
@@ -216,7 +186,8 @@ def _check_task_heads(TaskHeads: Any) -> str:  # noqa: N803 - the learner's clas
     for task, n in _TASKS.items():
         expect_linear(heads[task], 16, n, f"heads[{task!r}] of {call}")
     reference = ref.TaskHeads(8, 16, dict(_TASKS))
-    net = learner_copy(net, "the network")
+    # The checker built net itself, so it may change it: no deep copy, which would fail on correct modules
+    # holding attributes that copy.deepcopy cannot handle (a dict_keys view, a generator).
     load_reference_weights(net, reference, call)
     x = _input(5, 8)
     for task in _TASKS:
@@ -246,10 +217,303 @@ def _check_task_heads(TaskHeads: Any) -> str:  # noqa: N803 - the learner's clas
         f"forward(x, 'colour') raised KeyError({text}); its message must name the known tasks (digit, parity).",
         "raise KeyError(f\"unknown task {task!r}; known tasks: {', '.join(self.heads.keys())}\")",
     )
-    return "TaskHeads shares its trunk, keeps one registered head per task, and names the known tasks on a typo."
+    for tasks in ({"colour-v2": 3, "3d": 2}, {"Type": 2, "heads": 3}):
+        build(TaskHeads, f"TaskHeads(8, 16, {tasks})", 8, 16, tasks)
+    for bad in ("type", "to", "cls.v2", ""):
+        tasks = {"digit": 10, bad: 3}
+        error = expect_raises(
+            ValueError,
+            f"calling TaskHeads(8, 16, {tasks})",
+            TaskHeads,
+            8,
+            16,
+            tasks,
+            hint="nn.ModuleDict refuses some keys with a KeyError (an existing attribute such as 'type' or 'to', "
+            "a name with a dot, the empty string): catch it in __init__ and raise ValueError naming the task.",
+        )
+        expect(
+            bad in str(error),
+            f"TaskHeads(8, 16, {tasks}) raised ValueError({str(error)!r}); its message must name the task {bad!r}.",
+            'raise ValueError(f"task name {task!r} cannot be a key of nn.ModuleDict: ...") from None',
+        )
+    return (
+        "TaskHeads shares its trunk, keeps one registered head per task, names the known tasks on a typo, and "
+        "rejects task names that nn.ModuleDict cannot hold."
+    )
 
 
 check_task_heads = make_check("ch1.task_heads")
+
+
+# --- ch1.my_sequential --------------------------------------------------------------------------------
+
+
+def _learner_call(doing: str, func: Any, hint: str | None) -> Any:
+    """Run learner code in a step, adding ``hint`` when it raises."""
+    try:
+        with step(doing):
+            return func()
+    except Fail as failure:
+        raise Fail(failure.message, failure.hint or hint) from None
+
+
+def _expect_keys(net: nn.Module, call: str, expected: list[str]) -> None:
+    keys = _learner_call(f"calling {call}.state_dict()", net.state_dict, None)
+    keys = list(keys)
+    if not keys:
+        plain = [n for n, v in vars(net).items() if isinstance(v, list | tuple | dict) and not n.startswith("_")]
+        where = f" (the modules sit in the plain attribute {plain[0]})" if plain else ""
+        raise Fail(
+            f"{call} registers no modules: its state dict is empty{where}.",
+            "Register each module on the MySequential itself: self.add_module(name, module).",
+        )
+    if keys == expected:
+        return
+    nested = all("." in key[: key.rfind(".")] for key in keys)
+    hint = (
+        "Register each module on the MySequential itself (self.add_module('0', module)), not inside a container "
+        "attribute: its name becomes the first part of the key."
+        if nested
+        else "Name the i-th module str(i), or use the OrderedDict's names."
+    )
+    raise Fail(f"The state dict keys of {call} are {', '.join(keys)}; expected {', '.join(expected)}.", hint)
+
+
+def _expect_indexing(net: nn.Module, modules: list[nn.Module], call: str) -> None:
+    n = len(modules)
+    length = _learner_call(f"calling len({call})", lambda: len(net), "Define __len__(self) -> int.")
+    expect(length == n, f"len({call}) is {length!r}; expected {n}.", "Return the number of modules added.")
+    for index in (0, n - 1, -1, -n):
+        got = _learner_call(
+            f"indexing net[{index}] of {call}",
+            lambda index=index: net[index],
+            "Negative indices count from the end: index into list(self._modules.values()).",
+        )
+        expect(
+            got is modules[index],
+            f"net[{index}] of {call} must be the module passed at position {index % n} (got {describe(got)}).",
+            "Return the module object itself, counting negative indices from the end.",
+        )
+    for index in (n, -n - 1):
+        expect_raises(
+            IndexError,
+            f"indexing net[{index}] of {call}",
+            lambda index=index: net[index],
+            hint="Raise IndexError for an index outside -len(self) <= index < len(self), as a list does.",
+        )
+
+
+def _expect_runs_in_order(net: nn.Module, first: nn.Module, middle: nn.Module, last: nn.Module, call: str) -> None:
+    """Compare net(x) with last(middle(first(x))), naming the usual mistakes; every module maps 4 -> 4 features."""
+    x = _input(5, 4)
+    with torch.no_grad():
+        expected = last(middle(first(x)))
+        backwards = first(middle(last(x)))
+        once = middle(first(x))
+        last_only = last(x)
+    with step(f"calling {call} on a (5, 4) input"):
+        output = net(x)
+    if last is first:
+        if matches(output, once):
+            raise Fail(
+                f"{call} runs the module passed twice only once.",
+                "children() and named_children() list a shared module once: iterate over self._modules.values().",
+            )
+    elif matches(output, backwards):
+        raise Fail(f"{call} runs its modules in reverse order.", "Run them in the order they were added.")
+    if matches(output, last_only):
+        raise Fail(
+            f"{call} returns the last module applied to the input.",
+            "Feed each module the previous module's output: x = module(x) in a loop.",
+        )
+    expect_close(output, expected, f"The output of {call}", "for module in self._modules.values(): x = module(x)")
+
+
+@exercise("ch1.my_sequential", title="MySequential, built on add_module", names=["MySequential"], points=2)
+def _check_my_sequential(MySequential: Any) -> str:  # noqa: N803 - the learner's class name
+    expect_module_class(MySequential, "MySequential")
+    for container in (nn.Sequential, nn.ModuleList, nn.ModuleDict):
+        expect(
+            not issubclass(MySequential, container),
+            f"MySequential derives from nn.{container.__name__}, which does the work for you.",
+            "class MySequential(nn.Module): register each module with self.add_module(name, module).",
+        )
+    modules = [nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)]
+    call = "MySequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))"
+    net = build(MySequential, call, *modules)
+    _expect_keys(net, call, ["0.weight", "0.bias", "2.weight", "2.bias"])
+    n_params = len(list(net.parameters()))
+    expect(n_params == 4, f"{call}.parameters() yields {n_params} tensors; expected 4.")
+    _expect_indexing(net, modules, call)
+
+    first, tanh, last = nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4)
+    call = "MySequential(first, nn.Tanh(), last) with two Linear(4, 4)"
+    net = build(MySequential, call, first, tanh, last)
+    _expect_runs_in_order(net, first, tanh, last, call)
+
+    shared = nn.Linear(4, 4)
+    call = "MySequential(shared, nn.Tanh(), shared)"
+    net = build(MySequential, call, shared, tanh, shared)
+    length = _learner_call(f"calling len({call})", lambda: len(net), None)
+    expect(
+        length == 3,
+        f"len({call}) is {length!r}; expected 3.",
+        "children() lists a module passed twice only once: count the entries of self._modules.",
+    )
+    _expect_runs_in_order(net, shared, tanh, shared, call)
+
+    named = OrderedDict([("fc1", nn.Linear(4, 4)), ("act", nn.ReLU()), ("fc2", nn.Linear(4, 4))])
+    call = "MySequential(OrderedDict(fc1=..., act=..., fc2=...))"
+    net = _learner_call(
+        f"calling {call}",
+        lambda: MySequential(named),
+        "One OrderedDict argument: register each of its (name, module) pairs with self.add_module(name, module).",
+    )
+    _expect_keys(net, call, ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"])
+    expect(
+        getattr(net, "fc1", None) is named["fc1"],
+        f"{call}.fc1 must be the module named fc1.",
+        "add_module(name, module) makes the module an attribute too.",
+    )
+    _expect_indexing(net, list(named.values()), call)
+    _expect_runs_in_order(net, named["fc1"], named["act"], named["fc2"], call)
+    return "MySequential registers its modules (positional or named), indexes them like a list and runs them in order."
+
+
+check_my_sequential = make_check("ch1.my_sequential")
+
+
+# --- ch1.fix_bugs -------------------------------------------------------------------------------------
+
+_MT_TASKS = {"topic": 4, "spam": 2}
+_MT_CALL = f"MultiTaskNet(6, 8, 2, {_MT_TASKS}, p=0.5)"
+
+
+def _multitask_outputs(net: nn.Module, x: torch.Tensor, what: str) -> dict[str, Any]:
+    outputs = {}
+    for task in _MT_TASKS:
+        with step(f"calling {what}(x, {task!r}) on a (5, 6) input"):
+            outputs[task] = net(x, task)
+    return outputs
+
+
+def _reference_multitask(p: float) -> nn.Module:
+    reference = ref.MultiTaskNet(6, 8, 2, dict(_MT_TASKS), p=p)
+    with torch.no_grad():
+        reference.centre.normal_()  # a centre of zeros would hide a forward that forgets to subtract it
+    return reference
+
+
+def _materialize(net: nn.Module, x: torch.Tensor, call: str) -> None:
+    """Run one dry run when the learner used a lazy layer (nn.LazyLinear is a fine answer for proj)."""
+    lazy = [m for m in net.modules() if isinstance(m, nn.modules.lazy.LazyModuleMixin)]
+    if any(m.has_uninitialized_params() for m in lazy):
+        with step(f"running a dry run of {call} for its lazy layers"), torch.no_grad():
+            was_training = net.training
+            net.eval()(x, next(iter(_MT_TASKS)))
+            net.train(was_training)
+
+
+def _calm_net(MultiTaskNet: Any, reference: nn.Module, x: torch.Tensor) -> nn.Module:  # noqa: N803
+    """The learner's network with p=0.0, holding the reference's weights."""
+    call = f"MultiTaskNet(6, 8, 2, {_MT_TASKS}, p=0.0)"
+    calm = build(MultiTaskNet, call, 6, 8, 2, dict(_MT_TASKS), p=0.0)
+    _materialize(calm, x, call)
+    load_reference_weights(calm, reference, call)
+    return calm
+
+
+@exercise("ch1.fix_bugs", title="Find and fix the bugs of BuggyMultiTaskNet", names=["MultiTaskNet"], points=2)
+def _check_fix_bugs(MultiTaskNet: Any) -> str:  # noqa: N803 - the learner's class name
+    expect_module_class(MultiTaskNet, "MultiTaskNet")
+    net = build(MultiTaskNet, _MT_CALL, 6, 8, 2, dict(_MT_TASKS), p=0.5)
+    blocks = getattr(net, "blocks", None)
+    if isinstance(blocks, list | tuple):
+        _expect_module_list(net, "blocks", "MultiTaskNet")  # names the plain-list bug
+    expect(
+        isinstance(blocks, nn.Module),
+        f"MultiTaskNet.blocks must be a registered container, such as an nn.ModuleList (got {describe(blocks)}).",
+        "self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))",
+    )
+    heads = getattr(net, "heads", None)
+    if isinstance(heads, dict):
+        raise Fail(
+            "MultiTaskNet.heads is a plain dict, so the heads are not registered: parameters() misses them, "
+            ".to() does not move them and state_dict() does not save them.",
+            "self.heads = nn.ModuleDict({task: nn.Linear(hidden, n) for task, n in tasks.items()})",
+        )
+    expect(
+        isinstance(heads, nn.ModuleDict),
+        f"MultiTaskNet.heads must be an nn.ModuleDict (got {describe(heads)}).",
+        "self.heads = nn.ModuleDict({...})",
+    )
+    _expect_buffer(net, "centre", _MT_CALL)
+    proj = getattr(net, "proj", None)
+    expect(
+        isinstance(proj, nn.Linear),
+        f"{_MT_CALL} has no registered layer proj (got {describe(proj)}). A layer created inside forward gets new "
+        "random weights on every call, and the optimizer never sees them.",
+        "Create it once in __init__: self.proj = nn.Linear(in_features, hidden).",
+    )
+    x = _input(5, 6)
+    _materialize(net, x, _MT_CALL)
+    reference = _reference_multitask(p=0.5)
+    expect_same_keys(net, reference, _MT_CALL, "Register centre, proj, blocks and heads, and nothing else.")
+    load_reference_weights(net, reference, _MT_CALL)  # the checker built net: no copy needed
+    with step("calling .eval() on the module"):
+        net.eval()
+    reference.eval()
+    first = _multitask_outputs(net, x, "the module in eval mode")
+    second = _multitask_outputs(net, x, "the module in eval mode")
+    if not all(matches(first[t], second[t]) for t in _MT_TASKS if isinstance(second[t], torch.Tensor)):
+        calm = _calm_net(MultiTaskNet, reference, x)
+        with step("calling .eval() on the module"):
+            calm.eval()
+        a = _multitask_outputs(calm, x, "MultiTaskNet(..., p=0.0) in eval mode")
+        b = _multitask_outputs(calm, x, "MultiTaskNet(..., p=0.0) in eval mode")
+        if all(matches(a[t], b[t]) for t in _MT_TASKS if isinstance(b[t], torch.Tensor)):
+            raise Fail(
+                "In eval mode two calls on the same input give different outputs: dropout still drops.",
+                "F.dropout(x, p) drops even in eval mode: pass training=self.training, or use nn.Dropout(p).",
+            )
+        raise Fail(
+            "Two calls on the same input give different outputs even with p=0.0: forward still builds a layer "
+            "(new random weights every call).",
+            "Create every layer once in __init__ and only call it in forward.",
+        )
+    with torch.no_grad():
+        expected = {task: reference(x, task) for task in _MT_TASKS}
+    for task in _MT_TASKS:
+        expect_close(
+            first[task],
+            expected[task],
+            f"In eval mode, forward(x, {task!r})",
+            "x - centre => proj => ReLU(block(x)) for each block => dropout => heads[task].",
+        )
+    with step("calling .train() on the module"):
+        net.train()
+    trained = _multitask_outputs(net, x, "the module in training mode")
+    expect(
+        not all(matches(trained[t], expected[t]) for t in _MT_TASKS),
+        "In training mode the output equals eval mode's: dropout never drops.",
+        "Keep the dropout after the blocks: nn.Dropout(p), or F.dropout(x, self.p, training=self.training).",
+    )
+    calm = _calm_net(MultiTaskNet, reference, x)
+    with step("calling .train() on the module"):
+        calm.train()
+    untouched = _multitask_outputs(calm, x, "MultiTaskNet(..., p=0.0) in training mode")
+    for task in _MT_TASKS:
+        expect_close(
+            untouched[task],
+            expected[task],
+            f"MultiTaskNet(..., p=0.0) in training mode, forward(x, {task!r})",
+            "Dropout must use the p given to the constructor.",
+        )
+    _expect_buffer_follows_to(net, "centre")
+    return "MultiTaskNet registers blocks, heads, centre and proj, and drops out in training mode only."
+
+
+check_fix_bugs = make_check("ch1.fix_bugs")
 
 
 # --- ch1.running_mean ---------------------------------------------------------------------------------
@@ -308,7 +572,6 @@ def _check_running_mean(RunningMean: Any) -> str:  # noqa: N803 - the learner's 
         f"{call}.running_mean requires grad; a running statistic must not.",
         "Register a plain tensor (torch.zeros(num_features)), not a Parameter or a tensor that requires grad.",
     )
-    net = learner_copy(net, "the module")
     with step(f"calling {call}.train()"):
         net.train()
     momentum = 0.2
@@ -378,48 +641,3 @@ def _check_running_mean(RunningMean: Any) -> str:  # noqa: N803 - the learner's 
 
 
 check_running_mean = make_check("ch1.running_mean")
-
-
-# --- ch1.fix_registration -----------------------------------------------------------------------------
-
-_FIX_SIZES = [6, 12, 3]
-
-
-@exercise("ch1.fix_registration", title="Register what BrokenNet forgot", names=["FixedNet"], points=1)
-def _check_fix_registration(FixedNet: Any) -> str:  # noqa: N803 - the learner's class name
-    expect_module_class(FixedNet, "FixedNet")
-    call = f"FixedNet({_FIX_SIZES}, scale=0.25)"
-    net = build(FixedNet, call, _FIX_SIZES, scale=0.25)
-    layers = _expect_module_list(net, "layers", "FixedNet")
-    expect(
-        len(layers) == len(_FIX_SIZES) - 1,
-        f"{call}.layers holds {len(layers)} modules; expected {len(_FIX_SIZES) - 1} Linear layers.",
-    )
-    scale = _expect_buffer(net, "scale", call)
-    expect(
-        scale.numel() == 1 and abs(float(scale) - 0.25) < 1e-6,
-        f"{call}.scale must hold 0.25 (got {describe(scale)}).",
-        "self.register_buffer('scale', torch.tensor(scale))",
-    )
-    default = build(FixedNet, f"FixedNet({_FIX_SIZES})", _FIX_SIZES)
-    default_scale = getattr(default, "scale", None)
-    expect(
-        isinstance(default_scale, torch.Tensor) and abs(float(default_scale) - 0.5) < 1e-6,
-        f"FixedNet({_FIX_SIZES}) must have scale 0.5 by default, like BrokenNet (got {describe(default_scale)}).",
-        "Keep BrokenNet's constructor: def __init__(self, sizes, scale=0.5).",
-    )
-    reference = ref.FixedNet(_FIX_SIZES, scale=0.25)
-    expect_same_keys(net, reference, call, "Keep exactly layers.0, layers.1, ... and the scale buffer.")
-    net = learner_copy(net, "the network")
-    load_reference_weights(net, reference, call)
-    x = _input(5, _FIX_SIZES[0])
-    with step(f"running {call} on a (5, 6) input"):
-        output = net(x)
-    with torch.no_grad():
-        expected = reference(x)
-    expect_close(output, expected, f"The output of {call}", "Keep BrokenNet's forward exactly; change only __init__.")
-    _expect_buffer_follows_to(net, "scale")
-    return "FixedNet registers its layers and its scale, so they are trained, moved and saved as they should be."
-
-
-check_fix_registration = make_check("ch1.fix_registration")

@@ -26,26 +26,6 @@ def build_mlp(sizes: list[int]) -> nn.Sequential:
     ### END SOLUTION
 
 
-class MLPStack(nn.Module):
-    """Linear layers kept in an nn.ModuleList, ReLU between them, none after the last."""
-
-    def __init__(self, sizes: list[int]) -> None:
-        ### BEGIN SOLUTION
-        super().__init__()
-        if len(sizes) < 2:
-            raise ValueError(f"sizes must hold an input and an output size at least (got {sizes})")
-        self.layers = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in pairwise(sizes))
-        ### END SOLUTION
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ### BEGIN SOLUTION
-        for layer in self.layers[:-1]:
-            x = torch.relu(layer(x))
-        logits = self.layers[-1](x)
-        return logits
-        ### END SOLUTION
-
-
 class TaskHeads(nn.Module):
     """Shared trunk => one Linear head per task, chosen by name at call time."""
 
@@ -53,7 +33,12 @@ class TaskHeads(nn.Module):
         ### BEGIN SOLUTION
         super().__init__()
         self.trunk = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU())
-        self.heads = nn.ModuleDict({task: nn.Linear(hidden, n) for task, n in tasks.items()})
+        self.heads = nn.ModuleDict()
+        for task, n_classes in tasks.items():
+            try:
+                self.heads[task] = nn.Linear(hidden, n_classes)
+            except KeyError as error:  # "", a dot, or a name nn.ModuleDict already has ("type", "train", ...)
+                raise ValueError(f"task name {task!r} cannot be a key of nn.ModuleDict: {error.args[0]}") from None
         ### END SOLUTION
 
     def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
@@ -88,19 +73,65 @@ class RunningMean(nn.Module):
         ### END SOLUTION
 
 
-class FixedNet(nn.Module):
-    """BrokenNet with its parts registered: the layers in an nn.ModuleList, the scale in a buffer."""
+class MySequential(nn.Module):
+    """Runs its modules one after the other, like nn.Sequential, built on add_module."""
 
-    def __init__(self, sizes: list[int], scale: float = 0.5) -> None:
+    def __init__(self, *args: nn.Module) -> None:
+        """Takes modules positionally (named "0", "1", ...) or one OrderedDict of name -> module."""
         ### BEGIN SOLUTION
         super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in pairwise(sizes))
-        self.register_buffer("scale", torch.tensor(scale))
+        if len(args) == 1 and isinstance(args[0], OrderedDict):
+            for name, module in args[0].items():
+                self.add_module(name, module)
+        else:
+            for index, module in enumerate(args):
+                self.add_module(str(index), module)
+        ### END SOLUTION
+
+    def __len__(self) -> int:
+        ### BEGIN SOLUTION
+        return len(self._modules)
+        ### END SOLUTION
+
+    def __getitem__(self, index: int) -> nn.Module:
+        ### BEGIN SOLUTION
+        if not isinstance(index, int):
+            raise TypeError(f"MySequential indices must be integers (got {type(index).__name__})")
+        modules = list(self._modules.values())
+        if not -len(modules) <= index < len(modules):
+            raise IndexError(f"index {index} is out of range for a MySequential of {len(modules)} modules")
+        return modules[index]
         ### END SOLUTION
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # BrokenNet's forward, unchanged: only the registration in __init__ needs fixing.
-        for layer in self.layers[:-1]:
-            x = torch.relu(layer(x))
-        logits = self.layers[-1](x) * self.scale
+        ### BEGIN SOLUTION
+        # _modules, not children(): children() lists a module passed twice only once, so it would run once.
+        for module in self._modules.values():
+            x = module(x)
+        return x
+        ### END SOLUTION
+
+
+class MultiTaskNet(nn.Module):
+    """Centre => Linear => (Linear => ReLU) x depth => Dropout => one Linear head per task."""
+
+    def __init__(self, in_features: int, hidden: int, depth: int, tasks: dict[str, int], p: float = 0.5) -> None:
+        ### BEGIN SOLUTION
+        super().__init__()
+        self.register_buffer("centre", torch.zeros(in_features))
+        self.proj = nn.Linear(in_features, hidden)
+        self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
+        self.dropout = nn.Dropout(p)
+        self.heads = nn.ModuleDict({task: nn.Linear(hidden, n_classes) for task, n_classes in tasks.items()})
+        ### END SOLUTION
+
+    def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:
+        ### BEGIN SOLUTION
+        x = x - self.centre
+        x = self.proj(x)
+        for block in self.blocks:
+            x = torch.relu(block(x))
+        x = self.dropout(x)  # a module follows train() / eval(); F.dropout needs training=self.training
+        logits = self.heads[task](x)
         return logits
+        ### END SOLUTION
