@@ -1149,3 +1149,26 @@ def test_a_sequential_of_resnet_children_loses_the_flatten() -> None:
     with torch.no_grad():
         assert torch.allclose(fixed(x), net(x))
     assert fixed[0].weight is net.conv1.weight
+
+
+def test_building_a_weights_enums_transforms_downloads_nothing(monkeypatch) -> None:
+    import urllib.request
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    for module, name in ((torch.hub, "load_state_dict_from_url"), (torch.hub, "download_url_to_file")):
+        monkeypatch.setattr(module, name, refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    preprocess = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    assert preprocess.crop_size == [224] and preprocess.resize_size == [256]
+    assert preprocess(torch.randint(0, 256, (3, 300, 400), dtype=torch.uint8)).shape == (3, 224, 224)
+
+
+def test_syncbatchnorm_matches_batchnorm_in_training_mode_without_a_process_group() -> None:
+    plain = torchvision.models.resnet18(weights=None).train()
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(plain)).train()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), converted(x), atol=1e-5)
+    assert torch.allclose(plain.layer4[1].bn2.running_var, converted.layer4[1].bn2.running_var, atol=1e-6)

@@ -340,7 +340,6 @@ def _check_replace_head(replace_head: Any) -> str:
     for family, (head_name, size) in _HEADS.items():
         model = copy.deepcopy(_pristine_classifier(family))
         before = dict(model.named_modules())
-        pristine_state = {k: v.clone() for k, v in model.state_dict().items()}
         call = "replace_head(model, 7)"
         with _learner_step(f"calling {call} on a {family}", hints):
             result = replace_head(model, 7)
@@ -349,6 +348,7 @@ def _check_replace_head(replace_head: Any) -> str:
         with step(f"reading the state dict of the {family} after {call}"):
             state = model.state_dict()
         prefix = head_name + "."
+        pristine_state = _pristine_classifier(family).state_dict()  # never handed to learner code, never changed
         changed = [
             key
             for key, value in pristine_state.items()
@@ -554,13 +554,14 @@ check_swap_modules = make_check("ch3.swap_modules")
 
 # --- ch3.freeze_until ---------------------------------------------------------------------------------
 
-_STAGES = ("stem", *ref.RESNET_STAGES)  # "stem" is conv1 and bn1
+_RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4", "fc")
+_STAGES = ("stem", *_RESNET_STAGES)  # "stem" is conv1 and bn1
 
 
 def _stage_of(name: str) -> str:
     """The stage of a parameter or buffer: 'layer1.0.bn1.weight' -> 'layer1'; 'conv1.weight' -> 'stem'."""
     top = name.split(".", 1)[0]
-    return top if top in ref.RESNET_STAGES else "stem"
+    return top if top in _RESNET_STAGES else "stem"
 
 
 _KEEP_EVAL_HINT = (
@@ -610,7 +611,7 @@ def _check_batchnorm_modes(model: nn.Module, stage: str, call: str) -> None:
     before = {k: v for k, v in pristine.state_dict().items() if k.endswith(("running_mean", "running_var"))}
     x = _image()
     seen: list[torch.Tensor] = []
-    last_frozen = ref.RESNET_STAGES[ref.RESNET_STAGES.index(stage) - 1]
+    last_frozen = _RESNET_STAGES[_RESNET_STAGES.index(stage) - 1]
     with step(f"calling model.train() after {call}"):
         model.train()
     handle = model.get_submodule(last_frozen).register_forward_hook(lambda m, args, out: seen.append(out))
@@ -638,7 +639,7 @@ def _check_batchnorm_modes(model: nn.Module, stage: str, call: str) -> None:
         )
     with torch.no_grad():
         expected = nn.Sequential(*[pristine.get_submodule(n) for n in ("conv1", "bn1", "relu", "maxpool")])(x)
-        for name in ref.RESNET_STAGES[: ref.RESNET_STAGES.index(stage)]:
+        for name in _RESNET_STAGES[: _RESNET_STAGES.index(stage)]:
             expected = pristine.get_submodule(name)(expected)
     expect_close(
         seen[0] if seen else None,
@@ -765,7 +766,7 @@ def _check_freeze_until(freeze_until: Any) -> str:
         freeze_until,
         _resnet("basic"),
         "layer5",
-        hint=f"Check stage first: raise ValueError unless it is one of {', '.join(ref.RESNET_STAGES)}.",
+        hint=f"Check stage first: raise ValueError unless it is one of {', '.join(_RESNET_STAGES)}.",
     )
     return (
         "freeze_until freezes the stem and the stages before the given one (their BatchNorm stays in eval after "

@@ -10,9 +10,6 @@ from typing import Any
 import torch
 from torch import nn
 
-RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4", "fc")
-"""The stages of a torchvision ResNet after its stem (``conv1``, ``bn1``), from the input to the output."""
-
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Replace the classification head of a torchvision classifier, its last ``nn.Linear``, in place.
@@ -76,7 +73,9 @@ class EvalBatchNorm2d(nn.BatchNorm2d):
     """A BatchNorm2d that stays in eval mode: ``train()`` cannot switch it back, so its statistics stay fixed."""
 
     def train(self, mode: bool = True) -> "EvalBatchNorm2d":
-        return super().train(False)
+        ### BEGIN SOLUTION
+        return super().train(False)  # whatever mode was asked for
+        ### END SOLUTION
 
 
 def freeze_until(model: nn.Module, stage: str) -> list[dict[str, Any]]:
@@ -89,7 +88,7 @@ def freeze_until(model: nn.Module, stage: str) -> list[dict[str, Any]]:
 
     Args:
         model: a torchvision ResNet, changed in place.
-        stage: the first trainable stage, one of ``RESNET_STAGES``.
+        stage: the first trainable stage: ``"layer1"``, ``"layer2"``, ``"layer3"``, ``"layer4"`` or ``"fc"``.
 
     Returns:
         Two groups per trainable stage, input to output: ``{"params": [...], "stage": name}`` with the weights
@@ -97,14 +96,15 @@ def freeze_until(model: nn.Module, stage: str) -> list[dict[str, Any]]:
         norm weights and all biases (1-D parameters). Groups that would be empty are left out.
 
     Raises:
-        ValueError: if ``stage`` is not one of ``RESNET_STAGES``.
+        ValueError: if ``stage`` is not one of these five.
     """
     ### BEGIN SOLUTION
-    if stage not in RESNET_STAGES:
-        raise ValueError(f"stage must be one of {', '.join(RESNET_STAGES)} (got {stage!r})")
-    first = RESNET_STAGES.index(stage)
-    frozen = ["conv1", "bn1", *RESNET_STAGES[:first]]
-    trainable = list(RESNET_STAGES[first:])
+    stages = ("layer1", "layer2", "layer3", "layer4", "fc")  # after the stem, conv1 and bn1
+    if stage not in stages:
+        raise ValueError(f"stage must be one of {', '.join(stages)} (got {stage!r})")
+    first = stages.index(stage)
+    frozen = ["conv1", "bn1", *stages[:first]]
+    trainable = list(stages[first:])
     for name in frozen:
         part = model.get_submodule(name)
         part.requires_grad_(False)
