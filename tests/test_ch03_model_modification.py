@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import time
 
 import pytest
 import torch
@@ -45,14 +44,6 @@ def test_reference_passes(exercise_id: str) -> None:
 def test_chapter_registers_the_six_exercises_of_the_issue() -> None:
     names = {ex.id: ex.names for ex in checking.chapter_exercises(3)}
     assert names == {exercise_id: tuple(value) for exercise_id, value in REFERENCES.items()}
-
-
-@pytest.mark.parametrize("exercise_id", sorted(REFERENCES))
-def test_each_check_takes_well_under_a_second(exercise_id: str) -> None:
-    checking.run(exercise_id, REFERENCES[exercise_id])  # builds the cached models
-    start = time.perf_counter()
-    checking.run(exercise_id, REFERENCES[exercise_id])
-    assert time.perf_counter() - start < 1.0
 
 
 def test_checks_leave_the_thread_count_and_random_state_alone() -> None:
@@ -641,6 +632,8 @@ def test_reference_freeze_until_on_resnet18_keeps_the_state_dict_and_unfreezes_a
     assert net.layer1[0].conv1.weight.requires_grad and not net.conv1.weight.requires_grad
     with pytest.raises(ValueError, match="stage must be one of"):
         ref.freeze_until(net, "layer5")
+    with pytest.raises(ValueError, match="must be a torchvision ResNet \\(a VGG has no conv1\\)"):
+        ref.freeze_until(torchvision.models.VGG(nn.Sequential(nn.Conv2d(3, 512, 1)), init_weights=False), "layer3")
 
 
 # --- ch3.extra_input ----------------------------------------------------------------------------------
@@ -1115,6 +1108,8 @@ def test_reference_bilinear_pool_has_unit_rows_and_a_bounded_gradient_at_zero() 
     zero = torch.zeros(1, 2, 2, 2, requires_grad=True)
     ref.bilinear_pool(zero).sum().backward()
     assert torch.isfinite(zero.grad).all()
+    with pytest.raises(ValueError, match=r"must have shape \(N, C, H, W\) \(got \(2, 8, 15\)\)"):
+        ref.bilinear_pool(x.flatten(2))
 
 
 # --- facts the notebook teaches -----------------------------------------------------------------------

@@ -96,12 +96,15 @@ def freeze_until(model: nn.Module, stage: str) -> list[dict[str, Any]]:
         norm weights and all biases (1-D parameters). Groups that would be empty are left out.
 
     Raises:
-        ValueError: if ``stage`` is not one of these five.
+        ValueError: if ``stage`` is not one of these five, or the model lacks one of these parts.
     """
     ### BEGIN SOLUTION
     stages = ("layer1", "layer2", "layer3", "layer4", "fc")  # after the stem, conv1 and bn1
     if stage not in stages:
         raise ValueError(f"stage must be one of {', '.join(stages)} (got {stage!r})")
+    missing = [name for name in ("conv1", "bn1", *stages) if not isinstance(getattr(model, name, None), nn.Module)]
+    if missing:
+        raise ValueError(f"model must be a torchvision ResNet (a {type(model).__name__} has no {missing[0]})")
     first = stages.index(stage)
     frozen = ["conv1", "bn1", *stages[:first]]
     trainable = list(stages[first:])
@@ -144,8 +147,13 @@ def bilinear_pool(features: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
     Returns:
         One L2-normalized vector of C*C channel co-occurrences per example.
+
+    Raises:
+        ValueError: if ``features`` is not 4-dimensional.
     """
     ### BEGIN SOLUTION
+    if features.ndim != 4:
+        raise ValueError(f"features must have shape (N, C, H, W) (got {tuple(features.shape)})")
     n, c, h, w = features.shape
     x = features.reshape(n, c, h * w)  # (N, C, HW): the tensor first, then the new shape
     bilinear = torch.bmm(x, x.transpose(1, 2)) / (h * w)  # (N, C, C): the mean of f_p f_p^T over positions p
