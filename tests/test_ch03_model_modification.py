@@ -1167,3 +1167,50 @@ def test_syncbatchnorm_matches_batchnorm_in_training_mode_without_a_process_grou
     with torch.no_grad():
         assert torch.allclose(plain(x), converted(x), atol=1e-5)
     assert torch.allclose(plain.layer4[1].bn2.running_var, converted.layer4[1].bn2.running_var, atol=1e-6)
+
+
+def _two_group_rates(make_scheduler, steps: int = 6) -> list[tuple[float, float]]:
+    weights = [nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.SGD([{"params": [weights[0]], "lr": 1e-4}, {"params": [weights[1]], "lr": 1e-2}], lr=1)
+    scheduler = make_scheduler(optimizer)
+    rates = []
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+        rates.append(tuple(group["lr"] for group in optimizer.param_groups))
+    return rates
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5),
+        lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.8),
+        lambda opt: torch.optim.lr_scheduler.MultiplicativeLR(opt, lambda epoch: 0.9),
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1 / (1 + epoch)),
+        lambda opt: torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.25, total_iters=4),
+        lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[1e-4, 1e-2], total_steps=10),
+    ],
+    ids=["StepLR", "ExponentialLR", "MultiplicativeLR", "LambdaLR", "LinearLR", "OneCycleLR-per-group"],
+)
+def test_multiplicative_schedulers_keep_the_ratio_between_groups(make) -> None:
+    for backbone, head in _two_group_rates(make):
+        assert head / backbone == pytest.approx(100)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=10),
+        lambda opt: torch.optim.lr_scheduler.CyclicLR(opt, base_lr=1e-4, max_lr=1e-2, step_size_up=3),
+    ],
+    ids=["OneCycleLR", "CyclicLR"],
+)
+def test_cyclic_schedulers_with_one_max_lr_give_every_group_the_same_rate(make) -> None:
+    for backbone, head in _two_group_rates(make):
+        assert backbone == pytest.approx(head)
+
+
+def test_cosine_annealing_ends_every_group_at_eta_min() -> None:
+    rates = _two_group_rates(lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=6, eta_min=1e-5))
+    assert rates[-1] == pytest.approx((1e-5, 1e-5))
