@@ -1214,3 +1214,31 @@ def test_cyclic_schedulers_with_one_max_lr_give_every_group_the_same_rate(make) 
 def test_cosine_annealing_ends_every_group_at_eta_min() -> None:
     rates = _two_group_rates(lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=6, eta_min=1e-5))
     assert rates[-1] == pytest.approx((1e-5, 1e-5))
+
+
+def test_eval_changes_rrelu_and_instancenorm_with_running_stats_and_not_plain_instancenorm() -> None:
+    x = torch.randn(2, 3, 4, 4) * 3 + 1
+    rrelu = nn.RReLU()
+    assert not torch.equal(rrelu.train()(-torch.ones(50)), rrelu.eval()(-torch.ones(50)))
+    tracked = nn.InstanceNorm2d(3, track_running_stats=True)
+    train_out = tracked.train()(x)
+    assert not torch.allclose(train_out, tracked.eval()(x))
+    plain = nn.InstanceNorm2d(3)
+    assert torch.equal(plain.train()(x), plain.eval()(x))
+
+
+def test_a_frozen_parameter_moves_with_momentum_only_when_grads_are_zeroed_not_cleared() -> None:
+    moved = {}
+    for set_to_none in (True, False):
+        torch.manual_seed(0)
+        layer = nn.Linear(4, 2)
+        optimizer = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+        layer(torch.randn(8, 4)).sum().backward()
+        optimizer.step()
+        layer.weight.requires_grad_(False)
+        before = layer.weight.detach().clone()
+        optimizer.zero_grad(set_to_none=set_to_none)
+        layer(torch.randn(8, 4)).sum().backward()
+        optimizer.step()
+        moved[set_to_none] = not torch.equal(before, layer.weight)
+    assert moved == {True: False, False: True}
