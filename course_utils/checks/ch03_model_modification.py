@@ -16,9 +16,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torchvision.models import VGG, VisionTransformer
+from torchvision.models.efficientnet import EfficientNet, MBConvConfig
+from torchvision.models.mobilenetv3 import InvertedResidualConfig, MobileNetV3
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from course_utils.checking import Fail, describe, exercise, expect, make_check, step
+from course_utils.checking import Fail, describe, exercise, expect, expect_raises, make_check, step
 from course_utils.compare import (
     build,
     count_parameters,
@@ -165,109 +169,217 @@ def _expect_pair(output: Any, call: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 # --- ch3.replace_head ---------------------------------------------------------------------------------
 
+# Five torchvision classifier families, each the library's own class, built small: a full VGG's classifier alone
+# has 120 M parameters. The ViT is in float64, so a head that ignores the model's dtype shows.
+_HEADS = {  # family: (where its head is, input size)
+    "ResNet": ("fc", 32),
+    "VGG": ("classifier.6", 32),
+    "MobileNetV3": ("classifier.3", 32),
+    "EfficientNet": ("classifier.1", 32),
+    "VisionTransformer": ("heads.head", 32),
+}
 
-def _check_head_replaced(
-    model: ResNet, result: Any, old_fc: nn.Linear, old_shape: tuple[int, int], call: str, num_classes: int
-) -> nn.Linear:
-    """Fail unless ``replace_head`` put a fresh Linear into ``model.fc`` and returned ``model``."""
-    old_out, in_features = old_shape  # read before the learner's code ran: it may have changed old_fc
-    expected = f"nn.Linear({in_features}, {num_classes})"
+
+def _build_classifier(family: str) -> nn.Module:
+    if family == "ResNet":
+        return _pristine("basic")  # shared with the other checks, never changed: everyone copies it
+    if family == "VGG":
+        # VGG's __init__ hard-codes a 25088 => 4096 => 4096 classifier: build it on the meta device (no memory),
+        # give it narrow Linear layers in the same places, then allocate and initialize for real.
+        with torch.device("meta"):
+            features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+            net = VGG(features, num_classes=1000, init_weights=False)
+            net.classifier[0] = nn.Linear(8 * 7 * 7, 48)
+            net.classifier[3] = nn.Linear(48, 40)
+            net.classifier[6] = nn.Linear(40, 1000)
+        net.to_empty(device="cpu")
+        for module in net.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        return net
+    if family == "MobileNetV3":
+        setting = [
+            InvertedResidualConfig(16, 3, 16, 16, True, "RE", 2, 1, 1.0),
+            InvertedResidualConfig(16, 3, 72, 24, False, "HS", 2, 1, 1.0),
+        ]
+        return MobileNetV3(setting, last_channel=64, num_classes=1000)
+    if family == "EfficientNet":
+        setting = [MBConvConfig(1, 3, 1, 16, 16, 1), MBConvConfig(6, 3, 2, 16, 24, 1)]
+        return EfficientNet(setting, dropout=0.2, num_classes=100)
+    vit = VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32)
+    return vit.double()
+
+
+@functools.cache
+def _pristine_classifier(family: str) -> nn.Module:
+    """A small torchvision classifier of ``family``, built once with a fixed seed. Copy it before use."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        return _build_classifier(family).eval()
+
+
+def _keep_input(store: list[torch.Tensor]) -> Any:
+    """A forward pre-hook that appends the module's first input to ``store``."""
+    return lambda module, args: store.append(args[0])
+
+
+def _head_input(family: str, x: torch.Tensor) -> torch.Tensor:
+    """What the pristine model's head reads for the input ``x``."""
+    model = _pristine_classifier(family)
+    seen = []
+    handle = model.get_submodule(_HEADS[family][0]).register_forward_pre_hook(_keep_input(seen))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+_FIND_HINT = (
+    "Not every model calls its head fc: find it. The head is the last nn.Linear in model.named_modules(); "
+    "replace it with model.set_submodule(name, new_layer)."
+)
+
+
+def _check_new_head(family: str, model: nn.Module, before: dict[str, nn.Module], result: Any, call: str) -> None:
+    """Fail unless ``replace_head`` replaced ``family``'s head, and only that, and returned the model."""
+    head_name, _ = _HEADS[family]
+    old = before[head_name]
+    num_classes = 7
+    expected = f"nn.Linear({old.in_features}, {num_classes})"
+    dotted = [name for name, _ in model.named_children() if "." in name]
+    if dotted:
+        raise Fail(
+            f"{call} on a {family} added a child with the dotted name '{dotted[0]}' and left the real head in "
+            f"place: setattr(model, '{dotted[0]}', layer) creates a new attribute with that literal name.",
+            "Use model.set_submodule(name, layer), which follows the dots.",
+        )
     if result is None:
         raise Fail(f"{call} returned None; it must return the model it changed.", "End the function with: return model")
     if result is not model:
         if isinstance(result, nn.Sequential) and any(part is model for part in result):
             raise Fail(
-                f"{call} stacked a new layer after the model, so the old {old_out}-class fc still runs and the new "
-                f"layer only sees its {old_out} logits.",
-                f"Replace the last layer instead of adding one: model.fc = {expected}, then return model.",
+                f"{call} stacked a new layer after the {family}, so its old {old.out_features}-class head still "
+                f"runs and the new layer only sees its {old.out_features} scores.",
+                f"Replace the head instead of adding a layer: {head_name} becomes {expected}; then return model.",
             )
-        if getattr(model, "fc", None) is old_fc:
+        if isinstance(result, nn.Linear):
             raise Fail(
-                f"{call} returned a different object ({_short(result)}) and left the model it was given unchanged "
-                f"(its fc still has {old_out} outputs).",
-                "Change the model you were given (model.fc = ...) and return that same object: a copy or a newly "
-                "built ResNet throws away the trained weights you want to fine-tune.",
+                f"{call} returned {_short(result)} instead of the model.",
+                "Put the new layer into the model, then return model (not the layer).",
             )
         raise Fail(
-            f"{call} returned {_short(result)} instead of the model.",
-            "Assign the new layer to model.fc, then return model (not the layer).",
+            f"{call} on a {family} returned a different object ({_short(result)}), not the model it was given.",
+            "Change the model you were given and return that same object: a copy or a newly built model throws "
+            "away the trained weights you want to fine-tune.",
         )
-    fc = getattr(model, "fc", None)
-    if fc is old_fc:
-        if getattr(fc, "out_features", None) == num_classes:
+    head = model.get_submodule(head_name) if _has_submodule(model, head_name) else None
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if head is old:
+        if old.out_features == num_classes:
             raise Fail(
-                f"{call} changed fc.out_features to {num_classes}, but fc.weight still has shape "
-                f"{tuple(fc.weight.shape)}, so the model still outputs {old_out} values.",
-                f"Setting an attribute does not resize a layer: assign a new one, model.fc = {expected}.",
+                f"{call} changed {head_name}.out_features to {num_classes}, but its weight still has shape "
+                f"{tuple(old.weight.shape)}, so the {family} still outputs {old.weight.shape[0]} values.",
+                f"Setting an attribute does not resize a layer: put a new one in its place, {expected}.",
             )
+        moved = [name for name, m in linears.items() if before.get(name) is not m]
+        if moved and moved[0] in before:
+            raise Fail(
+                f"{call} on a {family} replaced {moved[0]}, which is not the head: the head is the last "
+                f"nn.Linear, {head_name} ({_short(old)}).",
+                "Take the last nn.Linear in model.named_modules(), not the first.",
+            )
+        if moved:
+            raise Fail(
+                f"{call} on a {family} added {moved[0]} ({_short(linears[moved[0]])}) after the old head, which "
+                f"still runs: {head_name} is still {_short(old)}.",
+                f"Replace {head_name} itself: it becomes {expected}.",
+            )
+        raise Fail(f"After {call} on a {family}, its head {head_name} is still {_short(old)}.", _FIND_HINT)
+    if head is None:
         raise Fail(
-            f"After {call}, model.fc is still the original {_short(old_fc)}.",
-            f"Assign a new layer: model.fc = {expected}.",
+            f"After {call} on a {family}, the model has no {head_name} any more: only the head may change, and "
+            f"the layers around it must stay.",
+            f"Replace just the last nn.Linear ({head_name}), e.g. with model.set_submodule('{head_name}', layer).",
         )
-    _expect_no_activation(fc, f"After {call}, model.fc")
+    _expect_no_activation(head, f"After {call} on a {family}, {head_name}")
     expect(
-        isinstance(fc, nn.Linear),
-        f"After {call}, model.fc must be {expected} (got {_short(fc)}).",
-        f"model.fc = {expected}",
+        isinstance(head, nn.Linear),
+        f"After {call} on a {family}, {head_name} must be {expected} (got {_short(head)}).",
+        f"{head_name} becomes {expected}.",
     )
-    if fc.in_features != in_features:
-        hint = "Read the width from the model: nn.Linear(model.fc.in_features, num_classes)."
-        if fc.in_features == 512:
-            hint += " 512 is right for resnet18 and resnet34 only."
-        raise Fail(
-            f"After {call} on {_describe_resnet('bottleneck' if in_features == 2048 else 'basic')}, model.fc must "
-            f"be {expected} (got {_short(fc)}).",
-            hint,
-        )
+    if head.in_features != old.in_features:
+        hint = "Read the width from the old head: nn.Linear(old.in_features, num_classes)."
+        if head.in_features in (512, 2048):
+            hint += f" {head.in_features} is a ResNet's width, not a {family}'s."
+        raise Fail(f"After {call} on a {family}, {head_name} must be {expected} (got {_short(head)}).", hint)
     expect(
-        fc.out_features == num_classes,
-        f"After {call}, model.fc must be {expected} (got {_short(fc)}).",
+        head.out_features == num_classes,
+        f"After {call} on a {family}, {head_name} must be {expected} (got {_short(head)}).",
         "The new layer's out_features is num_classes.",
     )
     expect(
-        fc.bias is not None,
-        f"After {call}, model.fc has no bias; a fresh nn.Linear has one.",
-        f"model.fc = {expected} (bias=True is the default).",
+        (head.bias is None) == (old.bias is None),
+        f"After {call} on a {family}, {head_name} has {'no' if head.bias is None else 'a'} bias; the old head "
+        f"{'had one' if old.bias is not None else 'had none'}.",
+        "Keep the old head's bias setting: bias=old.bias is not None.",
     )
-    return fc
+    if head.weight.dtype != old.weight.dtype or head.weight.device != old.weight.device:
+        raise Fail(
+            f"After {call} on a {family} in {str(old.weight.dtype).replace('torch.', '')}, the new head is in "
+            f"{str(head.weight.dtype).replace('torch.', '')}: it does not match the model.",
+            "Create the layer like the old one: nn.Linear(..., device=old.weight.device, dtype=old.weight.dtype).",
+        )
 
 
-@exercise("ch3.replace_head", title="Replace a ResNet's classification head", names=["replace_head"], points=1)
+@exercise("ch3.replace_head", title="Find and replace a classifier's head", names=["replace_head"], points=2)
 def _check_replace_head(replace_head: Any) -> str:
     expect_function(replace_head, "replace_head", "replace_head(model, num_classes)")
-    for kind, num_classes in (("basic", 7), ("bottleneck", 3)):
-        model = _resnet(kind)
-        old_fc = model.fc
-        old_shape = tuple(old_fc.weight.shape)
-        call = f"replace_head(resnet, {num_classes})"
-        result = build(replace_head, call, model, num_classes)
-        fc = _check_head_replaced(model, result, old_fc, old_shape, call, num_classes)
-        pristine = _pristine(kind).state_dict()
-        with step(f"reading the state dict of the model after {call}"):
+    hints = {"has no attribute": _FIND_HINT, "object is not subscriptable": _FIND_HINT}
+    for family, (head_name, size) in _HEADS.items():
+        model = copy.deepcopy(_pristine_classifier(family))
+        before = dict(model.named_modules())
+        call = "replace_head(model, 7)"
+        with _learner_step(f"calling {call} on a {family}", hints):
+            result = replace_head(model, 7)
+        _check_new_head(family, model, before, result, call)
+        head = model.get_submodule(head_name)
+        with step(f"reading the state dict of the {family} after {call}"):
             state = model.state_dict()
+        prefix = head_name + "."
+        pristine_state = _pristine_classifier(family).state_dict()  # never handed to learner code, never changed
         changed = [
             key
-            for key, value in pristine.items()
-            if not key.startswith("fc.") and (key not in state or not torch.equal(state[key], value))
+            for key, value in pristine_state.items()
+            if not key.startswith(prefix) and (key not in state or not torch.equal(state[key], value))
         ]
+        added = [key for key in state if not key.startswith(prefix) and key not in pristine_state]
         expect(
-            not changed,
-            f"{call} also changed {changed[0] if changed else ''}: only fc may change.",
-            "Do not rebuild or re-initialize the model: its backbone weights are what you fine-tune.",
+            not changed and not added,
+            f"{call} on a {family} also changed {(changed or added or [''])[0]}: only {head_name} may change.",
+            "Do not rebuild or re-initialize the model: its other weights are what you fine-tune.",
         )
-        if kind != "basic":
-            continue  # the structure is what differs between ResNets; one forward is enough
-        x = _image()
-        with step(f"running the model returned by {call} on a {tuple(x.shape)} input"):
-            output = model(x)
+        dtype = head.weight.dtype
+        x = torch.randn(2, 3, size, size, dtype=dtype)
+        seen = []
+        handle = head.register_forward_pre_hook(_keep_input(seen))
+        try:
+            with step(f"running the {family} returned by {call} on a {tuple(x.shape)} input"), torch.no_grad():
+                output = model(x)
+        finally:
+            handle.remove()
         expect(
-            isinstance(output, torch.Tensor) and tuple(output.shape) == (x.shape[0], num_classes),
-            f"After {call}, the model must output shape {(x.shape[0], num_classes)} (got {describe(output)}).",
+            isinstance(output, torch.Tensor) and tuple(output.shape) == (2, 7),
+            f"After {call}, the {family} must output shape (2, 7) (got {describe(output)}).",
         )
+        expect(len(seen) == 1, f"After {call}, the {family}'s new head {head_name} ran {len(seen)} times, not once.")
+        expect_close(seen[0], _head_input(family, x), f"What the new head of the {family} reads", _FIND_HINT)
         with torch.no_grad():
-            expected = nn.functional.linear(_reference_outputs(kind, x)[1], fc.weight, fc.bias)
-        expect_close(output, expected, f"The output after {call}", "Change only model.fc; leave the rest as it is.")
-    return "replace_head swaps in a fresh Linear(fc.in_features, num_classes), keeps the backbone, returns the model."
+            expected = nn.functional.linear(seen[0], head.weight, head.bias)
+        expect_close(output, expected, f"The output of the {family} after {call}", "Change only the head.")
+    families = ", ".join(_HEADS)
+    return f"replace_head finds and replaces the head of {families} (dtype kept), and returns the model."
 
 
 check_replace_head = make_check("ch3.replace_head")
@@ -440,93 +552,229 @@ def _check_swap_modules(swap_modules: Any) -> str:
 check_swap_modules = make_check("ch3.swap_modules")
 
 
-# --- ch3.freeze_backbone ------------------------------------------------------------------------------
+# --- ch3.freeze_until ---------------------------------------------------------------------------------
+
+_RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4", "fc")
+_STAGES = ("stem", *_RESNET_STAGES)  # "stem" is conv1 and bn1
 
 
-@exercise("ch3.freeze_backbone", title="Freeze a ResNet's backbone", names=["freeze_backbone"], points=1)
-def _check_freeze_backbone(freeze_backbone: Any) -> str:
-    expect_function(freeze_backbone, "freeze_backbone", "freeze_backbone(model)")
-    model = _resnet("basic").train()
-    old_fc = model.fc
-    n_tensors = len(list(model.parameters()))
-    call = "freeze_backbone(resnet)"
-    result = build(freeze_backbone, call, model)
+def _stage_of(name: str) -> str:
+    """The stage of a parameter or buffer: 'layer1.0.bn1.weight' -> 'layer1'; 'conv1.weight' -> 'stem'."""
+    top = name.split(".", 1)[0]
+    return top if top in _RESNET_STAGES else "stem"
 
-    if getattr(model, "fc", None) is not old_fc:
-        raise Fail(
-            f"{call} replaced model.fc; it must only switch gradients off.",
-            "Leave the layers alone: call requires_grad_(False) on the model, then requires_grad_(True) on fc.",
-        )
-    parameters = dict(model.named_parameters())
-    trainable = [name for name, p in parameters.items() if p.requires_grad]
-    if len(trainable) == len(parameters):
-        if not model.training:
+
+_KEEP_EVAL_HINT = (
+    "model.train() sets the mode of every submodule, so a BatchNorm put in eval() is back in training mode. Make "
+    "the frozen ones stay in eval: replace them with torchvision.ops.FrozenBatchNorm2d, or give them a train() "
+    "that always selects eval mode."
+)
+_GROUPS_HINT = (
+    "Build the groups from the trainable stages: for each, {'params': [its weights with 2 or more dimensions]} and "
+    "{'params': [its norm weights and biases], 'weight_decay': 0.0}."
+)
+
+
+def _check_requires_grad(model: nn.Module, stage: str, call: str) -> None:
+    first = _STAGES.index(stage)
+    params = dict(model.named_parameters())
+    trainable = [name for name, p in params.items() if p.requires_grad]
+    off = [name for name, p in params.items() if _STAGES.index(_stage_of(name)) >= first and not p.requires_grad]
+    on = [name for name in trainable if _STAGES.index(_stage_of(name)) < first]
+    if off:
+        if {_stage_of(name) for name in off} == {stage}:
             raise Fail(
-                f"{call} put the model in eval mode but left all {n_tensors} parameter tensors trainable: eval() "
-                f"changes how Dropout and BatchNorm behave, not which parameters get gradients.",
-                "Switch gradients off with model.requires_grad_(False), then on again with "
-                "model.fc.requires_grad_(True).",
+                f"After {call}, {_listing(off)} {'does' if len(off) == 1 else 'do'} not require grad: {stage} was "
+                f"frozen too. {stage} is the first stage that trains.",
+                f"Freeze the stages before {stage}, not {stage} itself (watch the end of your range or slice).",
             )
         raise Fail(
-            f"After {call}, all {n_tensors} parameter tensors of the model still require grad.",
-            "Change the model you were given, not a copy; torch.no_grad() only affects operations run inside it. "
-            "Use model.requires_grad_(False), then model.fc.requires_grad_(True).",
+            f"After {call}, {_listing(off)} {'does' if len(off) == 1 else 'do'} not require grad; every parameter "
+            f"from {stage} on must train.",
+            f"Turn gradients on for {stage} and every stage after it: part.requires_grad_(True).",
         )
-    head = [name for name in parameters if name.startswith("fc.")]
-    frozen_head = [name for name in head if not parameters[name].requires_grad]
-    if frozen_head:
-        raise Fail(
-            f"After {call}, {_listing(frozen_head)} {'does' if len(frozen_head) == 1 else 'do'} not require grad: "
-            f"the head was frozen too, so nothing would learn.",
-            "After model.requires_grad_(False), turn the head back on: model.fc.requires_grad_(True).",
-        )
-    left = [name for name in trainable if not name.startswith("fc.")]
-    if left:
-        if all(name.endswith(".bias") for name in left):
+    if on:
+        if all(_stage_of(name) == "stem" for name in on):
+            hint = "The stem, conv1 and bn1, comes before layer1: freeze it too."
+        elif all(name.endswith(".bias") for name in on):
             hint = "Biases are parameters too (BatchNorm has one): freeze every parameter, not only the weights."
         else:
-            hint = "Freeze every parameter (model.requires_grad_(False)), then unfreeze fc."
-        raise Fail(f"After {call}, {len(left)} backbone parameter tensors still require grad ({_listing(left)}).", hint)
-    with step(f"reading the state dict of the model after {call}"):
+            hint = "Call requires_grad_(False) on conv1, bn1 and every stage before the given one."
+        raise Fail(
+            f"After {call}, {len(on)} parameter tensors before {stage} still require grad ({_listing(on)}).", hint
+        )
+
+
+def _check_batchnorm_modes(model: nn.Module, stage: str, call: str) -> None:
+    """After model.train(), frozen BatchNorm layers must keep their statistics and trainable ones update theirs."""
+    pristine = _pristine("basic")
+    before = {k: v for k, v in pristine.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    x = _image()
+    seen: list[torch.Tensor] = []
+    last_frozen = _RESNET_STAGES[_RESNET_STAGES.index(stage) - 1]
+    with step(f"calling model.train() after {call}"):
+        model.train()
+    handle = model.get_submodule(last_frozen).register_forward_hook(lambda m, args, out: seen.append(out))
+    try:
+        with step(f"running a training-mode forward after {call} and model.train()"), torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    with step(f"reading the state dict after {call}"):
         state = model.state_dict()
-    changed = [k for k, v in _pristine("basic").state_dict().items() if k in state and not torch.equal(state[k], v)]
-    expect(
-        not changed,
-        f"{call} changed {_listing(changed)}; it must only change requires_grad.",
-        "Do not re-initialize or modify any weight.",
-    )
-    expected = ["fc.weight", "fc.bias"]
-    if result is None:
+    first = _STAGES.index(stage)
+    moved = [k for k, v in before.items() if _STAGES.index(_stage_of(k)) < first and not torch.equal(state[k], v)]
+    if moved:
         raise Fail(
-            f"{call} froze the right parameters but returned None; it must return the names of the trainable ones "
-            f"({', '.join(expected)}).",
-            "return [name for name, p in model.named_parameters() if p.requires_grad]",
+            f"After {call} and model.train(), a training-mode forward changed {_listing(moved)}: the frozen "
+            f"BatchNorm layers went back to training mode and their statistics moved.",
+            _KEEP_EVAL_HINT,
         )
-    if isinstance(result, list | tuple) and result and all(isinstance(item, torch.Tensor) for item in result):
+    still = [k for k, v in before.items() if _STAGES.index(_stage_of(k)) >= first and torch.equal(state[k], v)]
+    if still:
         raise Fail(
-            f"{call} returned {len(result)} tensors; it must return the parameters' names.",
-            "Use model.named_parameters(), which yields (name, parameter) pairs.",
+            f"After {call} and model.train(), a training-mode forward left {_listing(still)} unchanged: the "
+            f"BatchNorm layers of the stages that train must train too.",
+            "Keep only the frozen stages' BatchNorm layers in eval mode, not all of them.",
         )
-    expect(
-        isinstance(result, list | tuple) and all(isinstance(item, str) for item in result),
-        f"{call} must return a list of parameter names (got {describe(result)}).",
-        "return [name for name, p in model.named_parameters() if p.requires_grad]",
+    with torch.no_grad():
+        expected = nn.Sequential(*[pristine.get_submodule(n) for n in ("conv1", "bn1", "relu", "maxpool")])(x)
+        for name in _RESNET_STAGES[: _RESNET_STAGES.index(stage)]:
+            expected = pristine.get_submodule(name)(expected)
+    expect_close(
+        seen[0] if seen else None,
+        expected,
+        f"The output of {last_frozen} in training mode after {call}",
+        "The frozen stages must compute exactly what they computed in eval mode: same weights, same statistics.",
     )
-    if sorted(result) == ["bias", "weight"]:
-        raise Fail(
-            f"{call} returned {list(result)}; name the parameters as model.named_parameters() does ({expected}).",
-            "Iterate model.named_parameters(), not model.fc.named_parameters().",
-        )
-    expect(
-        sorted(result) == sorted(expected),
-        f"{call} returned {_listing(list(result))} ({len(result)} names); expected the trainable ones, "
-        f"{', '.join(expected)}.",
-        "return [name for name, p in model.named_parameters() if p.requires_grad]",
-    )
-    return "freeze_backbone turns off gradients for all but fc.weight and fc.bias, in place, and names those two."
 
 
-check_freeze_backbone = make_check("ch3.freeze_backbone")
+def _check_groups(model: nn.Module, groups: Any, stage: str, call: str) -> None:
+    names = {id(p): name for name, p in model.named_parameters()}
+    if groups is None:
+        raise Fail(
+            f"{call} froze the right parameters but returned None; it must return the parameter groups.", _GROUPS_HINT
+        )
+    expect(
+        isinstance(groups, list | tuple) and len(groups) > 0 and all(isinstance(g, dict) for g in groups),
+        f"{call} must return a list of parameter-group dicts (got {describe(groups)}).",
+        _GROUPS_HINT,
+    )
+    seen: dict[int, int] = {}
+    last_stage = -1
+    for index, group in enumerate(groups):
+        expect("params" in group, f"Group {index} returned by {call} has no 'params' entry.", _GROUPS_HINT)
+        params = group["params"]
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        if not isinstance(params, list | tuple):
+            raise Fail(
+                f"The 'params' of group {index} returned by {call} is {describe(params)}, not a list: a generator "
+                f"such as model.layer3.parameters() is used up by whoever reads it first, and then it is empty.",
+                "Wrap it in list(...).",
+            )
+        stages = set()
+        for p in params:
+            if id(p) not in names:
+                raise Fail(
+                    f"Group {index} returned by {call} holds {describe(p)} that is not a parameter of the model.",
+                    _GROUPS_HINT,
+                )
+            name = names[id(p)]
+            if id(p) in seen:
+                raise Fail(
+                    f"{name} is in group {seen[id(p)]} and in group {index} returned by {call}: the optimizer "
+                    f"refuses a parameter in two groups.",
+                    "Put each parameter in exactly one group.",
+                )
+            seen[id(p)] = index
+            if not p.requires_grad:
+                raise Fail(
+                    f"Group {index} returned by {call} holds {name}, which is frozen.",
+                    "Give the optimizer only the parameters that train: those of the given stage and after.",
+                )
+            decay = group.get("weight_decay")
+            if p.ndim < 2 and decay != 0:
+                kind = "a bias" if name.endswith("bias") else "a norm weight"
+                raise Fail(
+                    f"{name} ({kind}) is in group {index} returned by {call}, whose weight decay is "
+                    f"{'the optimizer default' if decay is None else decay}: norm weights and biases get none.",
+                    "Put them (the 1-D parameters) in their own group with 'weight_decay': 0.0.",
+                )
+            if p.ndim >= 2 and decay == 0:
+                raise Fail(
+                    f"{name} is in group {index} returned by {call}, whose weight_decay is 0: only norm weights and "
+                    f"biases skip weight decay.",
+                    "Leave 'weight_decay' out of the groups of weights (the optimizer's default applies).",
+                )
+            stages.add(_stage_of(name))
+        if len(stages) > 1:
+            shown = " and ".join(sorted(stages, key=_STAGES.index))
+            raise Fail(
+                f"Group {index} returned by {call} mixes {shown}: each group must hold one stage's parameters, so "
+                f"that each stage can get its own learning rate.",
+                _GROUPS_HINT,
+            )
+        if stages:
+            position = _STAGES.index(stages.pop())
+            expect(
+                position >= last_stage,
+                f"The groups returned by {call} are not in the order of the stages (input to output).",
+                "Walk the stages in order: the given one first, fc last.",
+            )
+            last_stage = position
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    expect(
+        not missing,
+        f"No group returned by {call} holds {_listing(missing)}: the optimizer would never update "
+        f"{'it' if len(missing) == 1 else 'them'}.",
+        _GROUPS_HINT,
+    )
+    with step(f"building torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05) from the groups of {call}"):
+        torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05)
+
+
+@exercise("ch3.freeze_until", title="Freeze a ResNet up to a stage", names=["freeze_until"], points=3)
+def _check_freeze_until(freeze_until: Any) -> str:
+    expect_function(freeze_until, "freeze_until", "freeze_until(model, stage)")
+    model = _resnet("basic")
+    call = "freeze_until(resnet, 'layer3')"
+    with step(f"calling {call}"):
+        groups = freeze_until(model, "layer3")
+    _check_requires_grad(model, "layer3", call)
+    with step(f"reading the state dict after {call}"):
+        state = model.state_dict()
+    pristine = _pristine("basic").state_dict()
+    # FrozenBatchNorm2d keeps everything but num_batches_tracked, which only matters to BatchNorm(momentum=None).
+    lost = [k for k in pristine if k not in state and not k.endswith("num_batches_tracked")]
+    changed = [k for k, v in pristine.items() if k in state and not torch.equal(state[k], v)]
+    expect(
+        not lost and not changed,
+        f"{call} {'lost' if lost else 'changed'} {_listing(lost or changed)}; it may only change what trains.",
+        "Do not re-initialize, remove or modify any weight or statistic.",
+    )
+    _check_groups(model, groups, "layer3", call)
+    _check_batchnorm_modes(model, "layer3", call)
+    model = _resnet("basic")
+    call = "freeze_until(resnet, 'layer1')"
+    with step(f"calling {call}"):
+        freeze_until(model, "layer1")
+    _check_requires_grad(model, "layer1", call)
+    expect_raises(
+        ValueError,
+        "calling freeze_until(resnet, 'layer5')",
+        freeze_until,
+        _resnet("basic"),
+        "layer5",
+        hint=f"Check stage first: raise ValueError unless it is one of {', '.join(_RESNET_STAGES)}.",
+    )
+    return (
+        "freeze_until freezes the stem and the stages before the given one (their BatchNorm stays in eval after "
+        "model.train()) and returns per-stage groups, norm weights and biases without weight decay."
+    )
+
+
+check_freeze_until = make_check("ch3.freeze_until")
 
 
 # --- ch3.extra_input ----------------------------------------------------------------------------------
@@ -581,6 +829,23 @@ def _check_extra_input(ResNetWithExtraInput: Any) -> str:  # noqa: N803 - the le
         in_features, n_logits = backbone.fc.in_features, backbone.fc.out_features
         call = f"ResNetWithExtraInput(backbone, {extra}, {classes})"
         net = build(ResNetWithExtraInput, call, backbone, extra, classes)
+        with step(f"calling .eval() on {call}"):
+            net.eval()
+        image, extra_values = _image(), torch.randn(_IMAGE_SHAPE[0], extra)
+        doing = f"calling forward(image, extra) with image {tuple(image.shape)} and extra {tuple(extra_values.shape)}"
+        forward_hints = {
+            "cannot be multiplied": _SHAPE_HINT,
+            "must have same number of dimensions": (
+                "The pooled features are (N, C, 1, 1): flatten them to (N, C) before concatenating; an extra input "
+                "of shape (N,) needs extra.unsqueeze(1) to become (N, 1)."
+            ),
+        }
+        head = getattr(net, "head", None)
+        if isinstance(head, LazyModuleMixin) and head.has_uninitialized_params():
+            # An nn.LazyLinear head learns its in_features on the first call: make that call before reading them.
+            with _learner_step(f"{doing} (a first call sets the lazy head's in_features)", forward_hints):
+                with torch.no_grad():
+                    net(image, extra_values)
         _check_extra_head(net, call, in_features, n_logits, extra, classes)
         head = net.head
         if kind != "basic":
@@ -592,19 +857,7 @@ def _check_extra_input(ResNetWithExtraInput: Any) -> str:  # noqa: N803 - the le
             f"the backbone is not registered as a submodule.",
             "Assign it in __init__, after super().__init__(): self.backbone = backbone.",
         )
-        with step(f"calling .eval() on {call}"):
-            net.eval()
-        image, extra_values = _image(), torch.randn(_IMAGE_SHAPE[0], extra)
-        doing = f"calling forward(image, extra) with image {tuple(image.shape)} and extra {tuple(extra_values.shape)}"
-        with _learner_step(
-            doing,
-            {
-                "cannot be multiplied": _SHAPE_HINT,
-                "must have same number of dimensions": (
-                    "The pooled features are (N, C, 1, 1): flatten them to (N, C) before concatenating."
-                ),
-            },
-        ):
+        with _learner_step(doing, forward_hints):
             output = net(image, extra_values)
         expect(
             isinstance(output, torch.Tensor) and tuple(output.shape) == (image.shape[0], classes),
@@ -670,7 +923,7 @@ def _check_extra_output(ResNetWithFeatures: Any) -> str:  # noqa: N803 - the lea
     backbone.conv1.register_forward_hook(lambda *args: conv1_calls.append(1))
     with step(f"calling .eval() on {call}"):
         net.eval()
-    hooks_before = _count_hooks(net)
+    hook_counts = []
     for x in (_image(), torch.randn(1, 3, 32, 32)):
         batch = x.shape[0]
         conv1_calls.clear()
@@ -723,14 +976,119 @@ def _check_extra_output(ResNetWithFeatures: Any) -> str:  # noqa: N803 - the lea
                 f"forward(x) of {call} ran the backbone {len(conv1_calls)} times per call.",
                 "Run it once: compute the features, then logits = backbone.fc(features).",
             )
-    hooks_after = _count_hooks(net)
-    if hooks_after > hooks_before:
+        hook_counts.append(_count_hooks(net))
+    # Counted after each call, so that a hook registered once, lazily, in the first call is fine.
+    if hook_counts[1] > hook_counts[0]:
         raise Fail(
-            f"Every call of forward(x) of {call} registers another hook ({hooks_before} before two calls, "
-            f"{hooks_after} after): they pile up and each one runs on every later call.",
+            f"Every call of forward(x) of {call} registers another hook ({hook_counts[0]} after the first call, "
+            f"{hook_counts[1]} after the second): they pile up and each one runs on every later call.",
             "Register a hook once, in __init__, and keep its handle (or remove it with handle.remove()).",
         )
     return "ResNetWithFeatures returns (logits, features): logits equal backbone(x), features are what fc reads."
 
 
 check_extra_output = make_check("ch3.extra_output")
+
+
+# --- ch3.bilinear_pool --------------------------------------------------------------------------------
+
+_RESHAPE_HINT = (
+    "torch.reshape takes the tensor and then the new shape: torch.reshape(x, (N, C, H * W)), or x.reshape(N, C, H * W)."
+)
+
+
+def _bilinear_variants(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What common mistakes return for ``x``, to name the mistake."""
+    n, c, h, w = x.shape
+    flat = x.reshape(n, c, h * w)
+    b = (flat @ flat.transpose(1, 2) / (h * w)).reshape(n, c * c)
+    normalize = nn.functional.normalize
+    return {
+        "no signed square root": normalize(b, dim=1),
+        "no sign": normalize(torch.sqrt(b.abs() + 1e-5), dim=1),
+        "no L2 normalization": torch.sign(b) * torch.sqrt(b.abs() + 1e-5),
+        "normalized over the batch": normalize(torch.sign(b) * torch.sqrt(b.abs() + 1e-5), dim=0),
+    }
+
+
+_VARIANT_HINTS = {
+    "no signed square root": "After the mean outer product, take the signed square root: sign(b) * sqrt(|b| + eps).",
+    "no sign": "Keep the sign: torch.sign(b) * torch.sqrt(b.abs() + eps); sqrt(|b|) alone makes every entry positive.",
+    "no L2 normalization": "End with nn.functional.normalize(b, dim=1): each example's vector gets length 1.",
+    "normalized over the batch": "Normalize each example's vector: nn.functional.normalize(b, dim=1), not dim=0.",
+}
+
+
+def _check_bilinear_output(output: Any, x: torch.Tensor, call: str) -> None:
+    n, c, h, w = x.shape
+    expect(
+        isinstance(output, torch.Tensor),
+        f"{call} must return a tensor (got {describe(output)}).",
+        "Return the normalized (N, C*C) tensor.",
+    )
+    shape = tuple(output.shape)
+    if shape == (n, c, c):
+        raise Fail(
+            f"{call} returned shape {shape}; flatten each C x C matrix: expected {(n, c * c)}.", "b.reshape(N, C * C)"
+        )
+    if shape == (n, (h * w) ** 2) or shape == (n, h * w, h * w):
+        raise Fail(
+            f"{call} returned shape {shape}: products of positions (HW x HW), not of channels. Expected {(n, c * c)}.",
+            "With x of shape (N, C, HW), the channel products are torch.bmm(x, x.transpose(1, 2)), shape (N, C, C).",
+        )
+    expect(shape == (n, c * c), f"{call} must return shape {(n, c * c)} (got {shape}).", "(N, C, H, W) => (N, C*C)")
+    if torch.isnan(output).any():
+        raise Fail(
+            f"{call} returned NaN: the square root of negative entries.",
+            "The mean outer product has negative entries; take torch.sign(b) * torch.sqrt(b.abs() + eps).",
+        )
+    for name, value in _bilinear_variants(x).items():
+        if matches(output, value, atol=1e-4):
+            raise Fail(f"{call} differs from bilinear pooling: {name}.", _VARIANT_HINTS[name])
+    expect_close(
+        output,
+        ref.bilinear_pool(x),
+        f"The output of {call}",
+        "Flatten the positions without mixing them with channels (x.reshape(N, C, H * W)), then the mean outer "
+        "product, signed square root, L2 normalization.",
+        atol=1e-4,
+    )
+
+
+@exercise("ch3.bilinear_pool", title="Bilinear pooling", names=["bilinear_pool"], points=2)
+def _check_bilinear_pool(bilinear_pool: Any) -> str:
+    expect_function(bilinear_pool, "bilinear_pool", "bilinear_pool(features)")
+    hints = {
+        "positional argument": _RESHAPE_HINT,
+        "view size is not compatible": "Use x.reshape or x.flatten(2): "
+        "view needs dimensions it can merge without copying, and a transposed or permuted tensor may not have them.",
+    }
+    x = torch.randn(2, 6, 3, 4)  # C = 6 and H*W = 12 differ, so products of positions show in the shape
+    original = x.clone()
+    call = "bilinear_pool(x) with x of shape (2, 6, 3, 4)"
+    with _learner_step(f"calling {call}", hints):
+        output = bilinear_pool(x)
+    expect(torch.equal(x, original), f"{call} changed x in place.", "Work on new tensors; never change the input.")
+    _check_bilinear_output(output, x, call)
+    # A transposed view is not contiguous: x.view(N, C, H * W) refuses it, reshape and flatten do not.
+    x = torch.randn(3, 5, 4, 4).transpose(2, 3)
+    call = "bilinear_pool(x) with a non-contiguous x of shape (3, 5, 4, 4)"
+    with _learner_step(f"calling {call}", hints):
+        output = bilinear_pool(x)
+    _check_bilinear_output(output, x, call)
+    # A channel that is all zero makes a row of the outer product zero, where sqrt has an infinite slope.
+    x = torch.randn(2, 4, 3, 3)
+    x[:, 0] = 0
+    x.requires_grad_(True)
+    call = "bilinear_pool(x) with a channel of zeros"
+    with _learner_step(f"calling {call} and backpropagating", hints):
+        bilinear_pool(x).sum().backward()
+    expect(
+        x.grad is not None and bool(torch.isfinite(x.grad).all()),
+        f"The gradient of {call} is not finite (NaN or inf): the square root's slope is infinite at 0.",
+        "Add a small eps inside the square root: torch.sqrt(b.abs() + 1e-5).",
+    )
+    return "bilinear_pool: mean outer product over positions, signed square root, L2 normalization, finite gradient."
+
+
+check_bilinear_pool = make_check("ch3.bilinear_pool")
