@@ -3,8 +3,10 @@ checkpoint helpers are safe for real (kills mid-save, damaged files, pickled cod
 
 import copy
 import errno
+import io
 import json
 import os
+import pathlib
 import pickle
 import random
 import shutil
@@ -130,8 +132,27 @@ def test_not_loading_the_model_fails():
     _expect_fail(_check_checkpoint(ref.save_checkpoint, load), "still has its fresh weights")
 
 
-def test_writing_the_checkpoint_in_place_fails_because_a_failed_save_destroys_the_last_good_file():
-    _expect_fail(_check_checkpoint(_naive_save, _plain_load), "left the previous checkpoint unreadable", "os.replace")
+def test_writing_the_checkpoint_in_place_fails_because_a_kill_would_tear_the_last_good_file():
+    _expect_fail(_check_checkpoint(_naive_save, _plain_load), "rewrote the existing checkpoint in place", "os.replace")
+
+
+def test_serializing_to_memory_then_overwriting_the_file_fails():
+    # It survives a pickling error (nothing is written until the bytes exist), but not a kill or a full disk
+    # during write_bytes: the target is overwritten in place.
+    def save(path, model, optimizer, epoch):
+        buffer = io.BytesIO()
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}, buffer)
+        pathlib.Path(path).write_bytes(buffer.getvalue())
+
+    _expect_fail(_check_checkpoint(save, _plain_load), "same inode", "os.replace(temporary, path)")
+
+
+def test_deleting_the_old_file_before_writing_fails_because_a_failed_save_destroys_it():
+    def save(path, model, optimizer, epoch):
+        pathlib.Path(path).unlink(missing_ok=True)  # a new file each time, but nothing to fall back on
+        _naive_save(path, model, optimizer, epoch)
+
+    _expect_fail(_check_checkpoint(save, _plain_load), "left the previous checkpoint unreadable", "os.replace")
 
 
 def test_loading_with_weights_only_false_fails_because_hidden_code_runs():
@@ -232,10 +253,30 @@ def test_loading_with_strict_false_fails():
 
 def test_a_load_flexible_that_sorts_the_keys_passes():
     def load_flexible(model, state_dict):
+        metadata = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state_dict._metadata.items()}
         state_dict = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state_dict.items()}
-        model.load_state_dict(dict(sorted(state_dict.items())))
+        state_dict = OrderedDict(sorted(state_dict.items()))
+        state_dict._metadata = metadata
+        model.load_state_dict(state_dict)
 
     assert _check_flexible(load_flexible).passed
+
+
+def test_a_load_flexible_that_drops_the_metadata_fails_on_the_module_version():
+    def load_flexible(model, state_dict):
+        model.load_state_dict({k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state_dict.items()})
+
+    _expect_fail(_check_flexible(load_flexible), "scale is 7.389, not 2.0", "_metadata")
+
+
+def test_a_load_flexible_that_renames_the_callers_metadata_fails():
+    def load_flexible(model, state_dict):
+        state_dict = copy.copy(state_dict)  # a new OrderedDict, but the same _metadata object
+        for prefix in ("_orig_mod.", "module."):
+            consume_prefix_in_state_dict_if_present(state_dict, prefix)
+        model.load_state_dict(state_dict)
+
+    _expect_fail(_check_flexible(load_flexible), "changed the _metadata of the state dict it was given", "deepcopy")
 
 
 def test_dropping_entries_fails():
@@ -1013,3 +1054,31 @@ def test_a_version_1_file_is_still_upgraded():
         state["1.scale"].fill_(0.0)  # log(1)
     ref.load_matching(target, state)
     assert target[1].scale.item() == 1.0
+
+
+def test_a_load_matching_that_drops_the_metadata_fails_on_the_module_version():
+    def load_matching(model, state_dict):
+        own = model.state_dict()
+        matching = {
+            k: v for k, v in state_dict.items() if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape
+        }
+        model.load_state_dict(matching, strict=False)
+        return sorted(k for k in state_dict if k not in matching)
+
+    _expect_fail(_check_matching(load_matching), "scale is 7.389, not 2.0", "_metadata")
+
+
+def test_a_load_matching_that_deletes_from_a_copy_passes():
+    def load_matching(model, state_dict):
+        own = model.state_dict()
+        kept = copy.copy(state_dict)  # keeps _metadata; deleting keys does not touch the caller's dict
+        skipped = []
+        for key in list(kept):
+            value = kept[key]
+            if key not in own or not torch.is_tensor(value) or value.size() != own[key].size():
+                del kept[key]
+                skipped.append(key)
+        model.load_state_dict(kept, strict=False)
+        return sorted(skipped)
+
+    assert _check_matching(load_matching).passed

@@ -5,8 +5,10 @@ The checkpoint checker writes files, only inside a ``tempfile.TemporaryDirectory
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import numbers
+import os
 import pickle
 import tempfile
 from collections import OrderedDict
@@ -222,6 +224,24 @@ def _check_checkpoint(save_checkpoint: Any, load_checkpoint: Any) -> str:
                 "Restore everything that training changes: the model's and the optimizer's state dicts.",
             )
 
+        # Saving again must publish a new file (os.replace), not rewrite the old one in place: a kill or a full
+        # disk during an in-place write tears the last good checkpoint.
+        # Holding the old file open keeps its inode allocated, so a new file can never reuse its number (POSIX;
+        # on Windows an open file cannot be replaced at all, so there we only compare the numbers).
+        with contextlib.ExitStack() as stack:
+            if os.name != "nt":
+                stack.enter_context(open(path, "rb"))
+            inode = path.stat().st_ino
+            with step(f"calling {_SAVE_CALL} a second time, over the first file"):
+                save_checkpoint(path, fresh, fresh_optimizer, _EPOCH)
+            replaced = path.is_file() and path.stat().st_ino != inode
+        expect(
+            replaced,
+            "save_checkpoint rewrote the existing checkpoint in place (path is still the same file, same inode): a "
+            "kill or a full disk during that write leaves a torn file and no good one.",
+            "Write the new checkpoint to a temporary file in the same folder, then os.replace(temporary, path).",
+        )
+
         # A save that fails halfway (here: a value that cannot be pickled, as with a full disk) must leave the
         # previous checkpoint intact.
         failed = False
@@ -265,7 +285,8 @@ def _check_checkpoint(save_checkpoint: Any, load_checkpoint: Any) -> str:
         )
     return (
         "The checkpoint restores model, buffers, optimizer and epoch; resumed training matches uninterrupted "
-        "training; the file loads with weights_only=True; a failed save keeps the old file; hidden code never runs."
+        "training; the file loads with weights_only=True; a new save replaces the file and a failed one keeps it; "
+        "hidden code never runs."
     )
 
 
@@ -275,13 +296,49 @@ check_checkpoint = make_check("ch4.checkpoint")
 # --- ch4.load_flexible ------------------------------------------------------------------------------------
 
 
+class _Versioned(nn.Module):
+    """A module at version 2 that upgrades version-1 files (which stored log(scale)) while loading."""
+
+    _version = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def _load_from_state_dict(
+        self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool, *args: Any, **kwargs: Any
+    ) -> None:
+        key = prefix + "scale"
+        version = local_metadata.get("version") if isinstance(local_metadata, dict) else None
+        if (version is None or version < 2) and key in state_dict:
+            state_dict[key] = state_dict[key].exp()  # without _metadata every file looks like version 1
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args, **kwargs)
+
+
+_SCALE = 2.0  # the saved scale; exp(2.0) = 7.389 when the version is lost
+_METADATA_HINT = (
+    "Keep the state dict's _metadata (each module's version): dict(state_dict) and a new dict drop it. Copy it: "
+    "new = OrderedDict(...); new._metadata = copy.deepcopy(state_dict._metadata)."
+)
+
+
+def _expect_scale(value: float, where: str) -> None:
+    expect(
+        abs(value - _SCALE) < 1e-6,
+        f"{where} the versioned module's scale is {value:.3f}, not {_SCALE}: it upgraded a current file as if it "
+        "were an old one, because the module version stored in state_dict._metadata was lost.",
+        _METADATA_HINT,
+    )
+
+
 class _Probe(nn.Module):
-    """Key names that careless prefix code breaks: encoder.* and submodule.*."""
+    """Key names that careless prefix code breaks: encoder.* and submodule.*; and a module with a version."""
 
     def __init__(self) -> None:
         super().__init__()
         self.encoder = nn.Sequential(nn.Conv2d(1, 2, kernel_size=3), nn.BatchNorm2d(2))
         self.submodule = nn.Linear(2, 2)
+        self.scaled = _Versioned()
 
 
 class _RecordingProbe(_Probe):
@@ -311,6 +368,7 @@ def _probe_state(seed: int) -> OrderedDict:
         probe.encoder[1].running_mean.normal_()
         probe.encoder[1].running_var.uniform_(0.5, 2.0)
         probe.encoder[1].num_batches_tracked.fill_(3)
+        probe.scaled.scale.fill_(_SCALE)
     return probe.state_dict()
 
 
@@ -375,9 +433,11 @@ def _check_load_flexible(load_flexible: Any) -> str:
             _Wrapper(_Wrapper(inner, "module"), "_orig_mod").state_dict(),
         ),
     ]
+    later: list[Fail] = []  # module-version mistakes, reported once the keys are known to be right
     for label, state in cases:
         keys_before = list(state)
         values_before = list(state.values())
+        metadata_before = copy.deepcopy(getattr(state, "_metadata", None))
         torch.manual_seed(2)
         model = _RecordingProbe()
         try:
@@ -392,9 +452,22 @@ def _check_load_flexible(load_flexible: Any) -> str:
             f"{', '.join(list(state)[:2])}, ...",
             "Work on a copy, state_dict = dict(state_dict): consume_prefix_in_state_dict_if_present renames in place.",
         )
+        if getattr(state, "_metadata", None) != metadata_before:
+            later.append(
+                Fail(
+                    f"load_flexible changed the _metadata of the state dict it was given ({label}): its module paths "
+                    "lost their prefix, so the next load from the same dict finds no module versions.",
+                    "consume_prefix_in_state_dict_if_present renames _metadata in place too: give the copy its own "
+                    "copy.deepcopy(state_dict._metadata).",
+                )
+            )
         _diagnose_keys(model, expected, label)
+        try:
+            _expect_scale(model.scaled.scale.item(), f"After load_flexible(model, {label})")
+        except Fail as failure:
+            later.append(failure)
         loaded = model.state_dict()
-        key = _differing_key(loaded, source)
+        key = _differing_key(loaded, {k: v for k, v in source.items() if k != "scaled.scale"})
         if key is not None:
             strict_off = any(not strict for _, strict in model.received)
             raise Fail(
@@ -419,9 +492,11 @@ def _check_load_flexible(load_flexible: Any) -> str:
         "key is an error and not a layer left untrained.",
         "Call model.load_state_dict(state_dict) with the default strict=True.",
     )
+    if later:
+        raise later[0]
     return (
         "load_flexible loads plain, module., _orig_mod. and _orig_mod.module. state dicts strictly, keeps keys "
-        "such as submodule.weight intact, and leaves the given dict as it was."
+        "such as submodule.weight intact, keeps module versions (_metadata), and leaves the given dict as it was."
     )
 
 
@@ -438,6 +513,7 @@ class _MatchProbe(nn.Module):
         super().__init__()
         self.encoder = nn.Sequential(nn.Conv2d(1, 4, kernel_size=3), nn.BatchNorm2d(4))
         self.classifier = nn.Linear(4, num_classes)
+        self.scaled = _Versioned()
 
 
 _CALL = "load_matching(model, state_dict)"
@@ -449,6 +525,7 @@ def _match_source() -> dict[str, Any]:
     probe = _MatchProbe(num_classes=2)
     with torch.no_grad():
         probe.encoder[1].running_mean.normal_()
+        probe.scaled.scale.fill_(_SCALE)
     state = probe.state_dict()
     del state["encoder.1.num_batches_tracked"]
     state["aux.weight"] = torch.randn(2, 2)
@@ -540,9 +617,10 @@ def _check_load_matching(load_matching: Any) -> str:
         f"{_CALL} returned the right keys but not sorted: {', '.join(skipped)}.",
         "Return sorted(skipped).",
     )
+    _expect_scale(loaded["scaled.scale"].item(), f"After {_CALL}")
     return (
-        "load_matching copies the entries whose key and shape match, leaves the rest untouched, and returns the "
-        "sorted skipped keys (unknown, reshaped, not a tensor)."
+        "load_matching copies the entries whose key and shape match (keeping module versions), leaves the rest "
+        "untouched, and returns the sorted skipped keys (unknown, reshaped, not a tensor)."
     )
 
 
