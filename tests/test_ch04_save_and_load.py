@@ -55,6 +55,9 @@ def _naive_save(path, model, optimizer, epoch):
         ("ch4.checkpoint", ["save_checkpoint", "load_checkpoint"]),
         ("ch4.load_flexible", ["load_flexible"]),
         ("ch4.load_matching", ["load_matching"]),
+        ("ch4.resume", ["save_run", "load_run"]),
+        ("ch4.rename", ["rename_keys"]),
+        ("ch4.load_big", ["load_big"]),
     ],
 )
 def test_the_reference_passes(exercise_id, names):
@@ -1082,3 +1085,314 @@ def test_a_load_matching_that_deletes_from_a_copy_passes():
         return sorted(skipped)
 
     assert _check_matching(load_matching).passed
+
+
+# --- ch4.resume ----------------------------------------------------------------------------------------------
+
+
+def _check_resume(save, load) -> checking.CheckResult:
+    return checking.run("ch4.resume", {"save_run": save, "load_run": load})
+
+
+def _partial_run(skip: str):
+    """save_run/load_run that forget one part of the state."""
+
+    def save(path, model, optimizer, scheduler, generator, epoch):
+        run = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+        if skip != "scheduler":
+            run["scheduler"] = scheduler.state_dict()
+        if skip != "generator":
+            run["data"] = generator.get_state()
+        if skip != "torch":
+            run["torch"] = torch.get_rng_state()
+        torch.save(run, path)
+
+    def load(path, model, optimizer, scheduler, generator):
+        run = torch.load(path, weights_only=True)
+        model.load_state_dict(run["model"])
+        optimizer.load_state_dict(run["optimizer"])
+        if "scheduler" in run:
+            scheduler.load_state_dict(run["scheduler"])
+        if "data" in run:
+            generator.set_state(run["data"])
+        if "torch" in run:
+            torch.set_rng_state(run["torch"])
+        return run["epoch"]
+
+    return save, load
+
+
+def test_forgetting_the_scheduler_fails_on_the_learning_rate():
+    _expect_fail(
+        _check_resume(*_partial_run("scheduler")),
+        "did not restore the learning-rate schedule (the scheduler is at step 0 instead of 1",
+        "scheduler.state_dict",
+    )
+
+
+def test_forgetting_the_dataloader_generator_fails_on_the_data_order():
+    _expect_fail(_check_resume(*_partial_run("generator")), "the DataLoader's order", "generator.get_state()")
+
+
+def test_forgetting_the_global_rng_fails_on_the_dropout_masks():
+    _expect_fail(_check_resume(*_partial_run("torch")), "the dropout masks", "torch.get_rng_state()")
+
+
+def test_saving_numpys_legacy_state_fails_because_weights_only_refuses_it():
+    save, load = _partial_run("nothing")
+
+    def save_with_numpy(path, model, optimizer, scheduler, generator, epoch):
+        save(path, model, optimizer, scheduler, generator, epoch)
+        run = torch.load(path, weights_only=True)
+        torch.save({**run, "numpy": np.random.get_state()}, path)
+
+    _expect_fail(_check_resume(save_with_numpy, load), "does not load with weights_only=True", "state_dict()")
+
+
+def test_restoring_the_rng_before_building_state_that_draws_does_not_matter_but_returning_a_string_fails():
+    save, load = _partial_run("nothing")
+
+    def load_returning_a_string(*args):
+        return str(load(*args))
+
+    _expect_fail(_check_resume(save, load_returning_a_string), "must return the saved epoch, 0")
+
+
+def test_the_reference_checkpoint_helpers_with_their_extras_pass_ch4_resume():
+    def save(path, model, optimizer, scheduler, generator, epoch):
+        ref.save_checkpoint(
+            path, model, optimizer, epoch, scheduler=scheduler, rng=True, generators={"data": generator}
+        )
+
+    def load(path, model, optimizer, scheduler, generator):
+        return ref.load_checkpoint(
+            path, model, optimizer, scheduler=scheduler, restore_rng=True, generators={"data": generator}
+        )
+
+    assert _check_resume(save, load).passed
+
+
+def test_a_resume_with_a_tuple_file_and_fork_free_rng_calls_passes():
+    def save(path, model, optimizer, scheduler, generator, epoch):
+        states = (model.state_dict(), optimizer.state_dict(), scheduler.state_dict())
+        torch.save((states, generator.get_state(), torch.random.get_rng_state(), epoch), path)
+
+    def load(path, model, optimizer, scheduler, generator):
+        (model_state, optimizer_state, scheduler_state), data, rng, epoch = torch.load(path)
+        torch.random.set_rng_state(rng)  # first: nothing below draws random numbers
+        generator.set_state(data)
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
+        return epoch
+
+    assert _check_resume(save, load).passed
+
+
+# --- ch4.rename ----------------------------------------------------------------------------------------------
+
+
+def _check_rename(func) -> checking.CheckResult:
+    return checking.run("ch4.rename", {"rename_keys": func})
+
+
+def test_str_replace_fails_on_a_nested_key():
+    def rename_keys(state_dict, renames):
+        renamed = OrderedDict()
+        for key, value in state_dict.items():
+            for old, new in renames.items():
+                key = key.replace(old, new)
+            renamed[key] = value
+        renamed._metadata = copy.deepcopy(state_dict._metadata)
+        return renamed
+
+    _expect_fail(_check_rename(rename_keys), "'aux.head.weight'", "str.replace")
+
+
+def test_a_dict_comprehension_fails_because_it_drops_the_metadata():
+    def rename_keys(state_dict, renames):
+        def rename(key):
+            return next((new + key[len(old) :] for old, new in renames.items() if key.startswith(old)), key)
+
+        return {rename(k): v for k, v in state_dict.items()}
+
+    _expect_fail(_check_rename(rename_keys), "lost its _metadata", "_metadata")
+
+
+def test_keeping_the_metadata_without_renaming_it_fails():
+    def rename_keys(state_dict, renames):
+        def rename(key):
+            return next((new + key[len(old) :] for old, new in renames.items() if key.startswith(old)), key)
+
+        renamed = OrderedDict((rename(k), v) for k, v in state_dict.items())
+        renamed._metadata = state_dict._metadata
+        return renamed
+
+    _expect_fail(_check_rename(rename_keys), "still names the module features.2", "Rename the keys of _metadata")
+
+
+def test_renaming_in_place_fails():
+    def rename_keys(state_dict, renames):
+        for key in list(state_dict):
+            for old, new in renames.items():
+                if key.startswith(old):
+                    state_dict[new + key[len(old) :]] = state_dict.pop(key)
+        return state_dict
+
+    _expect_fail(_check_rename(rename_keys), "changed the state dict it was given", "new OrderedDict")
+
+
+def test_forgetting_the_keys_without_an_old_prefix_fails():
+    def rename_keys(state_dict, renames):
+        renamed = OrderedDict()
+        for key, value in state_dict.items():
+            for old, new in renames.items():
+                if key.startswith(old):
+                    renamed[new + key[len(old) :]] = value
+        return renamed
+
+    _expect_fail(_check_rename(rename_keys), "returned no 'aux.fc.weight'", "Keep every entry")
+
+
+def test_a_regex_rename_that_renames_metadata_passes():
+    import re
+
+    def rename_keys(state_dict, renames):
+        pattern = re.compile("^(" + "|".join(re.escape(old) for old in renames) + ")")
+
+        def rename(key):
+            return pattern.sub(lambda match: renames[match.group(1)], key)
+
+        renamed = OrderedDict((rename(k), v.clone()) for k, v in state_dict.items())
+        renamed._metadata = {rename(k + ".").rstrip(".") if k else k: dict(v) for k, v in state_dict._metadata.items()}
+        return renamed
+
+    assert _check_rename(rename_keys).passed
+
+
+# --- ch4.load_big --------------------------------------------------------------------------------------------
+
+
+def _check_big(func) -> checking.CheckResult:
+    return checking.run("ch4.load_big", {"load_big": func})
+
+
+def _meta_build(build):
+    with torch.device("meta"):
+        return build()
+
+
+def test_loading_into_meta_tensors_without_assign_fails():
+    def load_big(build, path):
+        model = _meta_build(build)
+        model.load_state_dict(torch.load(path, mmap=True, weights_only=True))
+        return model
+
+    _expect_fail(_check_big(load_big), "still on the meta device: load_state_dict copied", "assign=True")
+
+
+def test_the_plain_meta_recipe_fails_on_the_non_persistent_buffer():
+    def load_big(build, path):
+        model = _meta_build(build)
+        model.load_state_dict(torch.load(path, mmap=True, weights_only=True), assign=True)
+        return model
+
+    _expect_fail(_check_big(load_big), "non-persistent buffer positions is still on the meta device", "registration")
+
+
+def test_forgetting_to_tie_the_weights_again_fails():
+    def load_big(build, path):
+        def to_meta(module, name, param):
+            if param is not None and param.device.type != "meta":
+                return nn.Parameter(param.to("meta"))
+            return None
+
+        handle = torch.nn.modules.module.register_module_parameter_registration_hook(to_meta)
+        try:
+            model = build()
+        finally:
+            handle.remove()
+        model.load_state_dict(torch.load(path, mmap=True, weights_only=True), assign=True)
+        return model
+
+    _expect_fail(_check_big(load_big), "two Parameters", "Tie them again")
+
+
+def test_building_on_the_cpu_fails():
+    def load_big(build, path):
+        model = build()
+        model.load_state_dict(torch.load(path, mmap=True, weights_only=True), assign=True)
+        model.head.weight = model.embed.weight
+        return model
+
+    _expect_fail(_check_big(load_big), "build() made real parameters on the CPU", "meta")
+
+
+def test_to_empty_fails_because_it_leaves_the_buffer_uninitialized():
+    def load_big(build, path):
+        model = _meta_build(build).to_empty(device="cpu")
+        with torch.no_grad():
+            model.positions.fill_(-1.0)  # what uninitialized memory might hold
+        model.load_state_dict(torch.load(path, mmap=True, weights_only=True), assign=True)
+        model.head.weight = model.embed.weight
+        return model
+
+    _expect_fail(_check_big(load_big), "holds other values than build() gave it", "move only the parameters")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="the mapping check reads /proc/self/maps")
+def test_loading_without_mmap_fails_because_the_parameters_are_copied():
+    def load_big(build, path):
+        with torch.device("meta"):
+            model = build()
+        model.positions = torch.arange(6.0)  # knows this model's buffer: not general, but it works here
+        model.load_state_dict(torch.load(path, weights_only=True), assign=True)
+        model.head.weight = model.embed.weight
+        return model
+
+    _expect_fail(_check_big(load_big), "copied into memory", "mmap=True")
+
+
+def test_a_meta_build_that_recomputes_the_buffers_and_reties_passes():
+    def load_big(build, path):
+        with torch.device("meta"):
+            model = build()
+        with torch.device("cpu"):
+            buffers = dict(build().named_buffers())  # a second, CPU build only for the buffers (costly, but right)
+        for name, buffer in model.named_buffers():
+            if buffer.is_meta:
+                owner, _, leaf = name.rpartition(".")
+                setattr(model.get_submodule(owner), leaf, buffers[name])
+        shared = [(n, p) for n, p in model.named_parameters(remove_duplicate=False)]
+        ties = {n: [m for m, q in shared if q is p][0] for n, p in shared}
+        model.load_state_dict(torch.load(path, mmap=True, weights_only=True, map_location="cpu"), assign=True)
+        for name, first in ties.items():
+            if name != first:
+                owner, _, leaf = name.rpartition(".")
+                setattr(model.get_submodule(owner), leaf, model.get_parameter(first))
+        return model
+
+    assert _check_big(load_big).passed
+
+
+def test_load_big_loads_a_torch_save_file_of_the_chapters_classifier_shape(tmp_path):
+    class WithScratch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+            self.register_buffer("scratch", torch.ones(2), persistent=False)
+
+    torch.save(WithScratch().state_dict(), tmp_path / "w.pt")
+    model = ref.load_big(WithScratch, tmp_path / "w.pt")
+    assert model.scratch.device.type == "cpu" and torch.equal(model.scratch, torch.ones(2))
+    assert model.fc.weight.device.type == "cpu" and model.fc.weight.requires_grad
+
+
+def test_rename_keys_refuses_two_keys_with_one_new_name():
+    with pytest.raises(ValueError, match="two keys would be renamed to 'b.weight'"):
+        ref.rename_keys(OrderedDict([("a.weight", 1), ("b.weight", 2)]), {"a.": "b."})
+
+
+def test_rename_keys_prefers_the_longest_prefix():
+    renamed = ref.rename_keys(OrderedDict([("enc.0.w", 1), ("enc.1.w", 2)]), {"enc.": "encoder.", "enc.0.": "stem."})
+    assert list(renamed) == ["stem.w", "encoder.1.w"]
