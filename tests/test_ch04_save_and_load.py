@@ -1396,3 +1396,11 @@ def test_rename_keys_refuses_two_keys_with_one_new_name():
 def test_rename_keys_prefers_the_longest_prefix():
     renamed = ref.rename_keys(OrderedDict([("enc.0.w", 1), ("enc.1.w", 2)]), {"enc.": "encoder.", "enc.0.": "stem."})
     assert list(renamed) == ["stem.w", "encoder.1.w"]
+
+
+def test_a_file_that_holds_a_list_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "list.pt"
+    torch.save([1, 2, 3], path)
+    assert "not a checkpoint: expected the keys model, optimizer and epoch (found a list, not a dict)" in (
+        _load_error(path)
+    )
