@@ -947,7 +947,8 @@ def _check_load_big(load_big: Any) -> str:
         calls.append(1)
         return _BigProbe()
 
-    with tempfile.TemporaryDirectory(prefix="course_ch4_") as scratch:
+    # ignore_cleanup_errors: on Windows a file stays undeletable while a learner's object still maps it.
+    with tempfile.TemporaryDirectory(prefix="course_ch4_", ignore_cleanup_errors=True) as scratch:
         path = Path(scratch) / "big.pt"
         torch.save(source.state_dict(), path)
         with step(f"calling {_LOAD_BIG_CALL}"):
