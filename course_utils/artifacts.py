@@ -2,7 +2,7 @@
 
     python -m course_utils.artifacts --verify       # check every file the manifest lists
     python -m course_utils.artifacts unet_small     # retrain data/unet_small_shapes.pt and update its entry
-    python -m course_utils.artifacts wild_checkpoints   # then rebuild chapter 4's checkpoints from it
+    python -m course_utils.wild_checkpoints         # then rebuild chapter 4's checkpoints from it
 
 The manifest is one JSON object, ``{"files": {name: entry}}``; every entry has a ``description``, the file's
 ``sha256`` and size in ``bytes``, and the ``regenerate`` command that rebuilds it. Entries may add a ``metadata``
@@ -202,18 +202,9 @@ def make_unet_small(data_dir: Path = DATA_DIR, progress: bool = True) -> dict[st
     return entry
 
 
-def make_wild_checkpoints(data_dir: Path = DATA_DIR) -> dict[str, Any]:
-    """Rebuild chapter 4's checkpoints in the formats met in the wild, from the small U-Net above."""
-    from course_utils import wild_checkpoints  # it imports this module, so import it only when asked
-
-    return wild_checkpoints.make_wild_checkpoints(data_dir)
-
-
-REGENERATORS: dict[str, Callable[..., dict[str, Any]]] = {
-    "unet_small": make_unet_small,
-    "wild_checkpoints": make_wild_checkpoints,
-}
-"""What ``python -m course_utils.artifacts NAME`` can rebuild."""
+REGENERATORS: dict[str, Callable[..., dict[str, Any]]] = {"unet_small": make_unet_small}
+"""What ``python -m course_utils.artifacts NAME`` can rebuild. Chapter 4's files derived from the small U-Net are
+rebuilt by ``python -m course_utils.wild_checkpoints``, which imports this module (never the other way round)."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -182,11 +182,14 @@ def dcp_save_worker(rank: int, world_size: int, folder: str, backend: str = "glo
         dist.destroy_process_group()
 
 
-def ddp_then_dcp_worker(rank: int, world_size: int, folder: str, backend: str = "gloo") -> None:
+def ddp_then_dcp_worker(
+    rank: int, world_size: int, folder: str, backend: str = "gloo", steps: int = 3, batch_size: int = 4
+) -> None:
     """Run :func:`ddp_train_worker`, then :func:`dcp_save_worker`, in the same process.
 
     Starting processes is the slow part (each one imports PyTorch), so the notebook starts two processes once
-    and lets each run both examples, one process group after the other.
+    and lets each run both examples, one process group after the other. ``steps`` and ``batch_size`` go to
+    :func:`ddp_train_worker`.
     """
-    ddp_train_worker(rank, world_size, folder, backend=backend)
+    ddp_train_worker(rank, world_size, folder, steps=steps, backend=backend, batch_size=batch_size)
     dcp_save_worker(rank, world_size, folder, backend=backend)

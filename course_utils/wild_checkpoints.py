@@ -34,6 +34,8 @@ WHOLE_MODEL_FILE = "unet_small_whole_model.pt"
 MASK_VALUES_FILE = "unet_small_mask_values.pt"
 SAFETENSORS_FILE = "unet_small_shapes.safetensors"
 SAVED_ON_GPU_FILE = "unet_small_saved_on_gpu.pt"
+EMA_FILE = "unet_small_ema.pt"
+EMA_DECAY = 0.999
 MASK_VALUES = [0, 1, 2, 3]
 """The extra ``mask_values`` entry: the label of each class, stored inside the state dict."""
 
@@ -166,6 +168,23 @@ def _saved_on_gpu(model: nn.Module, run_compiled: bool) -> tuple[bytes, dict[str
     return payload, {"saved_with": "torch.save(state_dict_on_cuda0, file)", "storage_location": "cuda:0", "how": how}
 
 
+def _ema(model: nn.Module, run_compiled: bool) -> tuple[bytes, dict[str, Any]]:
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    # The first update copies the weights (n_averaged 0 -> 1); training would then call it after every step.
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(EMA_DECAY))
+    ema.update_parameters(model)
+    return _torch_bytes(ema.state_dict()), {
+        "saved_with": (
+            f"ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn({EMA_DECAY})); "
+            "ema.update_parameters(model); "
+            "torch.save(ema.state_dict(), file)"
+        ),
+        "key_prefix": "module.",
+        "extra_keys": ["n_averaged"],
+    }
+
+
 _WRITERS: dict[str, tuple[Callable[[nn.Module, bool], tuple[bytes, dict[str, Any]]], str]] = {
     DATAPARALLEL_FILE: (
         _dataparallel,
@@ -199,6 +218,15 @@ _WRITERS: dict[str, tuple[Callable[[nn.Module, bool], tuple[bytes, dict[str, Any
         "so torch.load restores them to the GPU. On a machine without a GPU, load it with map_location='cpu'. "
         "Written on a CPU-only machine with a serialization tagger that gives CPU storages the label 'cuda:0' "
         "(see metadata.how).",
+    ),
+    EMA_FILE: (
+        _ema,
+        "The small U-Net's trained weights as an exponential moving average (EMA) saves them: the state dict of "
+        "torch.optim.swa_utils.AveragedModel after one update (so the averaged weights equal the trained ones). "
+        "Its keys are 'n_averaged' (the number of updates, a buffer of the wrapper) and the model's keys with the "
+        "prefix 'module.'. Load: state = torch.load(path, weights_only=True, map_location='cpu'); "
+        "state.pop('n_averaged'); then remove the prefix (consume_prefix_in_state_dict_if_present(state, 'module.')) "
+        "and model.load_state_dict(state).",
     ),
     COMPILED_FILE: (
         _compiled,

@@ -92,3 +92,23 @@ def test_the_small_unet_checkpoint_segments_the_held_out_shapes():
 def test_the_command_line_verifies_the_manifest(capsys):
     assert artifacts.main(["--verify"]) == 0
     assert "match MANIFEST.json" in capsys.readouterr().out
+
+
+def test_artifacts_does_not_import_wild_checkpoints():
+    # wild_checkpoints builds on artifacts; the reverse import would make a circle.
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(artifacts))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {name for name in imported if "wild_checkpoints" in name}
+
+
+@pytest.mark.parametrize("module", ["course_utils.artifacts", "course_utils.wild_checkpoints"])
+def test_each_artifact_module_imports_alone_in_a_fresh_interpreter(module):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -76,3 +76,11 @@ def test_two_ddp_processes_keep_identical_parameters_and_rank_0_saves(tmp_path):
     model = ch02.small_unet()
     ch04.load_checkpoint(tmp_path / distributed.DDP_CHECKPOINT, model, torch.optim.AdamW(model.parameters()))
     assert distributed.digest(model.named_parameters()) == reports[0]["parameters_after_training"]
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_the_combined_worker_passes_steps_and_batch_size_on(tmp_path):
+    distributed.ddp_then_dcp_worker(0, 1, str(tmp_path), "gloo", 1, 1)
+    (report,) = distributed.read_reports(tmp_path, "ddp")
+    assert len(report["losses"]) == 1
+    assert (tmp_path / distributed.DCP_FOLDER / ".metadata").exists()

@@ -135,3 +135,23 @@ def test_the_cuda_tagger_is_inert_outside_the_generator():
     torch.save(torch.ones(2), buffer)
     buffer.seek(0)
     assert torch.load(buffer, weights_only=True).device.type == "cpu"
+
+
+def test_the_ema_file_loads_once_n_averaged_is_removed_and_the_prefix_stripped():
+    state = _load(wild_checkpoints.EMA_FILE)
+    assert list(state)[0] == "n_averaged" and state["n_averaged"].item() == 1
+    assert all(key.startswith("module.") for key in list(state)[1:])
+    with pytest.raises(RuntimeError, match='Unexpected key\\(s\\) in state_dict: "n_averaged"'):
+        ch04.load_flexible(ch02.small_unet(), state)  # one key without the prefix: nothing is stripped
+    state.pop("n_averaged")
+    model = ch02.small_unet()
+    ch04.load_flexible(model, state)
+    _expect_trained(model.state_dict())
+
+
+def test_the_ema_file_is_what_averaged_model_saves():
+    from torch.optim.swa_utils import AveragedModel
+
+    model = ch02.small_unet()
+    keys = list(AveragedModel(model).state_dict())
+    assert keys == list(_load(wild_checkpoints.EMA_FILE))

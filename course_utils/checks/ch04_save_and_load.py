@@ -5,11 +5,14 @@ The checkpoint checker writes files, only inside a ``tempfile.TemporaryDirectory
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import numbers
+import os
 import pickle
 import tempfile
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +225,24 @@ def _check_checkpoint(save_checkpoint: Any, load_checkpoint: Any) -> str:
                 "Restore everything that training changes: the model's and the optimizer's state dicts.",
             )
 
+        # Saving again must publish a new file (os.replace), not rewrite the old one in place: a kill or a full
+        # disk during an in-place write tears the last good checkpoint.
+        # Holding the old file open keeps its inode allocated, so a new file can never reuse its number (POSIX;
+        # on Windows an open file cannot be replaced at all, so there we only compare the numbers).
+        with contextlib.ExitStack() as stack:
+            if os.name != "nt":
+                stack.enter_context(open(path, "rb"))
+            inode = path.stat().st_ino
+            with step(f"calling {_SAVE_CALL} a second time, over the first file"):
+                save_checkpoint(path, fresh, fresh_optimizer, _EPOCH)
+            replaced = path.is_file() and path.stat().st_ino != inode
+        expect(
+            replaced,
+            "save_checkpoint rewrote the existing checkpoint in place (path is still the same file, same inode): a "
+            "kill or a full disk during that write leaves a torn file and no good one.",
+            "Write the new checkpoint to a temporary file in the same folder, then os.replace(temporary, path).",
+        )
+
         # A save that fails halfway (here: a value that cannot be pickled, as with a full disk) must leave the
         # previous checkpoint intact.
         failed = False
@@ -265,7 +286,8 @@ def _check_checkpoint(save_checkpoint: Any, load_checkpoint: Any) -> str:
         )
     return (
         "The checkpoint restores model, buffers, optimizer and epoch; resumed training matches uninterrupted "
-        "training; the file loads with weights_only=True; a failed save keeps the old file; hidden code never runs."
+        "training; the file loads with weights_only=True; a new save replaces the file and a failed one keeps it; "
+        "hidden code never runs."
     )
 
 
@@ -275,13 +297,49 @@ check_checkpoint = make_check("ch4.checkpoint")
 # --- ch4.load_flexible ------------------------------------------------------------------------------------
 
 
+class _Versioned(nn.Module):
+    """A module at version 2 that upgrades version-1 files (which stored log(scale)) while loading."""
+
+    _version = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def _load_from_state_dict(
+        self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool, *args: Any, **kwargs: Any
+    ) -> None:
+        key = prefix + "scale"
+        version = local_metadata.get("version") if isinstance(local_metadata, dict) else None
+        if (version is None or version < 2) and key in state_dict:
+            state_dict[key] = state_dict[key].exp()  # without _metadata every file looks like version 1
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args, **kwargs)
+
+
+_SCALE = 2.0  # the saved scale; exp(2.0) = 7.389 when the version is lost
+_METADATA_HINT = (
+    "Keep the state dict's _metadata (each module's version): dict(state_dict) and a new dict drop it. Copy it: "
+    "new = OrderedDict(...); new._metadata = copy.deepcopy(state_dict._metadata)."
+)
+
+
+def _expect_scale(value: float, where: str) -> None:
+    expect(
+        abs(value - _SCALE) < 1e-6,
+        f"{where} the versioned module's scale is {value:.3f}, not {_SCALE}: it upgraded a current file as if it "
+        "were an old one, because the module version stored in state_dict._metadata was lost.",
+        _METADATA_HINT,
+    )
+
+
 class _Probe(nn.Module):
-    """Key names that careless prefix code breaks: encoder.* and submodule.*."""
+    """Key names that careless prefix code breaks: encoder.* and submodule.*; and a module with a version."""
 
     def __init__(self) -> None:
         super().__init__()
         self.encoder = nn.Sequential(nn.Conv2d(1, 2, kernel_size=3), nn.BatchNorm2d(2))
         self.submodule = nn.Linear(2, 2)
+        self.scaled = _Versioned()
 
 
 class _RecordingProbe(_Probe):
@@ -311,6 +369,7 @@ def _probe_state(seed: int) -> OrderedDict:
         probe.encoder[1].running_mean.normal_()
         probe.encoder[1].running_var.uniform_(0.5, 2.0)
         probe.encoder[1].num_batches_tracked.fill_(3)
+        probe.scaled.scale.fill_(_SCALE)
     return probe.state_dict()
 
 
@@ -375,9 +434,11 @@ def _check_load_flexible(load_flexible: Any) -> str:
             _Wrapper(_Wrapper(inner, "module"), "_orig_mod").state_dict(),
         ),
     ]
+    later: list[Fail] = []  # module-version mistakes, reported once the keys are known to be right
     for label, state in cases:
         keys_before = list(state)
         values_before = list(state.values())
+        metadata_before = copy.deepcopy(getattr(state, "_metadata", None))
         torch.manual_seed(2)
         model = _RecordingProbe()
         try:
@@ -392,9 +453,22 @@ def _check_load_flexible(load_flexible: Any) -> str:
             f"{', '.join(list(state)[:2])}, ...",
             "Work on a copy, state_dict = dict(state_dict): consume_prefix_in_state_dict_if_present renames in place.",
         )
+        if getattr(state, "_metadata", None) != metadata_before:
+            later.append(
+                Fail(
+                    f"load_flexible changed the _metadata of the state dict it was given ({label}): its module paths "
+                    "lost their prefix, so the next load from the same dict finds no module versions.",
+                    "consume_prefix_in_state_dict_if_present renames _metadata in place too: give the copy its own "
+                    "copy.deepcopy(state_dict._metadata).",
+                )
+            )
         _diagnose_keys(model, expected, label)
+        try:
+            _expect_scale(model.scaled.scale.item(), f"After load_flexible(model, {label})")
+        except Fail as failure:
+            later.append(failure)
         loaded = model.state_dict()
-        key = _differing_key(loaded, source)
+        key = _differing_key(loaded, {k: v for k, v in source.items() if k != "scaled.scale"})
         if key is not None:
             strict_off = any(not strict for _, strict in model.received)
             raise Fail(
@@ -419,9 +493,11 @@ def _check_load_flexible(load_flexible: Any) -> str:
         "key is an error and not a layer left untrained.",
         "Call model.load_state_dict(state_dict) with the default strict=True.",
     )
+    if later:
+        raise later[0]
     return (
         "load_flexible loads plain, module., _orig_mod. and _orig_mod.module. state dicts strictly, keeps keys "
-        "such as submodule.weight intact, and leaves the given dict as it was."
+        "such as submodule.weight intact, keeps module versions (_metadata), and leaves the given dict as it was."
     )
 
 
@@ -438,6 +514,7 @@ class _MatchProbe(nn.Module):
         super().__init__()
         self.encoder = nn.Sequential(nn.Conv2d(1, 4, kernel_size=3), nn.BatchNorm2d(4))
         self.classifier = nn.Linear(4, num_classes)
+        self.scaled = _Versioned()
 
 
 _CALL = "load_matching(model, state_dict)"
@@ -449,6 +526,7 @@ def _match_source() -> dict[str, Any]:
     probe = _MatchProbe(num_classes=2)
     with torch.no_grad():
         probe.encoder[1].running_mean.normal_()
+        probe.scaled.scale.fill_(_SCALE)
     state = probe.state_dict()
     del state["encoder.1.num_batches_tracked"]
     state["aux.weight"] = torch.randn(2, 2)
@@ -540,10 +618,403 @@ def _check_load_matching(load_matching: Any) -> str:
         f"{_CALL} returned the right keys but not sorted: {', '.join(skipped)}.",
         "Return sorted(skipped).",
     )
+    _expect_scale(loaded["scaled.scale"].item(), f"After {_CALL}")
     return (
-        "load_matching copies the entries whose key and shape match, leaves the rest untouched, and returns the "
-        "sorted skipped keys (unknown, reshaped, not a tensor)."
+        "load_matching copies the entries whose key and shape match (keeping module versions), leaves the rest "
+        "untouched, and returns the sorted skipped keys (unknown, reshaped, not a tensor)."
     )
 
 
 check_load_matching = make_check("ch4.load_matching")
+
+
+# --- ch4.resume -------------------------------------------------------------------------------------------
+
+_RESUME_EPOCHS = 3
+_RESUME_SAVE_CALL = "save_run(path, model, optimizer, scheduler, generator, epoch=0)"
+_RESUME_LOAD_CALL = "load_run(path, new_model, new_optimizer, new_scheduler, new_generator)"
+
+
+def _resume_data() -> torch.utils.data.TensorDataset:
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(24, 6, generator=generator)
+    return torch.utils.data.TensorDataset(x, torch.randint(0, 3, (24,), generator=generator))
+
+
+def _resume_setup(seed: int, dataset: Any) -> tuple[nn.Module, Any, Any, torch.Generator, Any]:
+    """A model with dropout, SGD with momentum, a StepLR schedule and a DataLoader shuffled by a seeded generator."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[2], gamma=0.1)
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True, generator=generator)
+    return model, optimizer, scheduler, generator, loader
+
+
+def _resume_epoch(model: nn.Module, optimizer: Any, scheduler: Any, loader: Any) -> list[float]:
+    model.train()
+    losses = []
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    scheduler.step()
+    return losses
+
+
+def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@exercise(
+    "ch4.resume",
+    title="Resume training exactly: scheduler, data order and dropout",
+    names=["save_run", "load_run"],
+    points=2,
+)
+def _check_resume(save_run: Any, load_run: Any) -> str:
+    expect_function(save_run, "save_run", "save_run(path, model, optimizer, scheduler, generator, epoch)")
+    expect_function(load_run, "load_run", "load_run(path, model, optimizer, scheduler, generator)")
+    dataset = _resume_data()
+    model, optimizer, scheduler, _, loader = _resume_setup(0, dataset)
+    torch.manual_seed(100)
+    uninterrupted = [_resume_epoch(model, optimizer, scheduler, loader) for _ in range(_RESUME_EPOCHS)]
+
+    model, optimizer, scheduler, generator, loader = _resume_setup(0, dataset)
+    torch.manual_seed(100)
+    _resume_epoch(model, optimizer, scheduler, loader)
+    saved = {
+        "model": copy.deepcopy(model.state_dict()),
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "lr": scheduler.get_last_lr(),
+        "scheduler_epoch": scheduler.last_epoch,
+        "generator": generator.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    with tempfile.TemporaryDirectory(prefix="course_ch4_") as scratch:
+        path = Path(scratch) / "run.pt"
+        with step(f"calling {_RESUME_SAVE_CALL}"):
+            save_run(path, model, optimizer, scheduler, generator, 0)
+        expect(path.is_file(), f"{_RESUME_SAVE_CALL} did not create the file at path.", "Save with torch.save.")
+        _load_raw(path, "The file save_run wrote")
+        # A new process: other weights, another learning rate, other seeds; random numbers drawn meanwhile.
+        torch.manual_seed(12345)
+        model, optimizer, scheduler, generator, loader = _resume_setup(1, dataset)
+        for group in optimizer.param_groups:
+            group["lr"] = 0.01
+        torch.rand(7)
+        with step(f"calling {_RESUME_LOAD_CALL}"):
+            epoch = load_run(path, model, optimizer, scheduler, generator)
+        problems = []
+        if not _same_tensors(model.state_dict(), saved["model"]):
+            problems.append(("the model's weights", "Save model.state_dict() and load it with load_state_dict."))
+        if optimizer.state_dict()["state"].keys() != saved["optimizer"]["state"].keys() or not all(
+            torch.equal(optimizer.state[p]["momentum_buffer"], saved["optimizer"]["state"][i]["momentum_buffer"])
+            for i, p in enumerate(model.parameters())
+            if "momentum_buffer" in optimizer.state[p]
+        ):
+            problems.append(("SGD's momentum buffers", "Save optimizer.state_dict() and restore it."))
+        if scheduler.last_epoch != saved["scheduler_epoch"] or [g["lr"] for g in optimizer.param_groups] != saved["lr"]:
+            problems.append(
+                (
+                    f"the learning-rate schedule (the scheduler is at step {scheduler.last_epoch} instead of "
+                    f"{saved['scheduler_epoch']}"
+                    + (
+                        f"; {_lrs(optimizer)} instead of {_lrs_of(saved['lr'])})"
+                        if [g["lr"] for g in optimizer.param_groups] != saved["lr"]
+                        else ")"
+                    ),
+                    "Save scheduler.state_dict() and restore it with scheduler.load_state_dict (after the optimizer).",
+                )
+            )
+        if not torch.equal(generator.get_state(), saved["generator"]):
+            problems.append(
+                (
+                    "the DataLoader's order (its generator's state)",
+                    "Save generator.get_state() and restore it with generator.set_state(...).",
+                )
+            )
+        if not torch.equal(torch.get_rng_state(), saved["torch"]):
+            problems.append(
+                (
+                    "the dropout masks (PyTorch's global random state)",
+                    "Save torch.get_rng_state() and restore it with torch.set_rng_state(...), last in load_run.",
+                )
+            )
+    expect(
+        isinstance(epoch, numbers.Integral) and not isinstance(epoch, bool) and epoch == 0,
+        f"load_run must return the saved epoch, 0 (got {describe(epoch)}).",
+        "Store the epoch in the file and return it.",
+    )
+    with step("training the restored run for the remaining epochs"):
+        resumed = [_resume_epoch(model, optimizer, scheduler, loader) for _ in range(1, _RESUME_EPOCHS)]
+    if resumed != uninterrupted[1:]:
+        what, hint = problems[0] if problems else ("something", "Restore everything that training changes.")
+        index = next(i for i, (a, b) in enumerate(zip(resumed, uninterrupted[1:], strict=True)) if a != b)
+        shown = ", ".join(f"{v:.4f}" for v in resumed[index])
+        wanted = ", ".join(f"{v:.4f}" for v in uninterrupted[1 + index])
+        raise Fail(
+            f"Epoch {1 + index} of the resumed run gave the losses {shown}; the uninterrupted run gave {wanted}: "
+            f"load_run did not restore {what}.",
+            hint,
+        )
+    return (
+        "The resumed run matches the uninterrupted one exactly: weights, momentum, learning-rate schedule, data "
+        "order and dropout masks are all restored, and the file loads with weights_only=True."
+    )
+
+
+def _lrs(optimizer: Any) -> str:
+    return _lrs_of([group["lr"] for group in optimizer.param_groups])
+
+
+def _lrs_of(values: list[float]) -> str:
+    return ", ".join(f"lr={v:g}" for v in values)
+
+
+check_resume = make_check("ch4.resume")
+
+
+# --- ch4.rename -------------------------------------------------------------------------------------------
+
+RENAMES = {"features.": "backbone.", "fc.": "head."}
+"""The renaming the checker asks for: the code now calls the old ``features`` block ``backbone``, ``fc`` ``head``."""
+_RENAME_CALL = 'rename_keys(state_dict, {"features.": "backbone.", "fc.": "head."})'
+
+
+class _Aux(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 2)  # aux.fc.* must stay: "fc." is a prefix only at the start of a key
+
+
+class _OldNet(nn.Module):
+    """Version 1 of a model's code: ``features``, ``fc`` and ``aux.fc``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 2, kernel_size=3), nn.BatchNorm2d(2), _Versioned())
+        self.fc = nn.Linear(2, 3)
+        self.aux = _Aux()
+
+
+class _NewNet(nn.Module):
+    """Version 2 of the same model: the blocks were renamed ``backbone`` and ``head``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(1, 2, kernel_size=3), nn.BatchNorm2d(2), _Versioned())
+        self.head = nn.Linear(2, 3)
+        self.aux = _Aux()
+
+
+def _rename_hint(got: str) -> str:
+    if got.startswith("aux.head."):
+        return (
+            "str.replace renames 'fc.' anywhere in a key, also inside aux.fc.weight. Rename a prefix only at the "
+            "start of a key: new + key[len(old):] when key.startswith(old)."
+        )
+    if got.startswith(tuple(RENAMES)):
+        return "Rename every key that starts with an old prefix; keep the rest of the key as it is."
+    return "Replace only the prefix: new + key[len(old):], and keep every other key unchanged."
+
+
+@exercise("ch4.rename", title="Load a checkpoint whose keys were renamed", names=["rename_keys"], points=2)
+def _check_rename(rename_keys: Any) -> str:
+    expect_function(rename_keys, "rename_keys", "rename_keys(state_dict, renames)")
+    torch.manual_seed(3)
+    old = _OldNet()
+    with torch.no_grad():
+        old.features[1].running_mean.normal_()
+        old.features[2].scale.fill_(_SCALE)
+    source = old.state_dict()
+    keys_before, values_before = list(source), list(source.values())
+    metadata_before = copy.deepcopy(source._metadata)
+    with step(f"calling {_RENAME_CALL}"):
+        renamed = rename_keys(source, dict(RENAMES))
+    expect(
+        _unchanged(source, keys_before, values_before) and source._metadata == metadata_before,
+        f"{_RENAME_CALL} changed the state dict it was given.",
+        "Build a new OrderedDict; never rename the caller's keys or its _metadata in place.",
+    )
+    expect(
+        isinstance(renamed, Mapping),
+        f"{_RENAME_CALL} must return the renamed state dict (got {describe(renamed)}).",
+        "Return a new OrderedDict of (new_key, value) pairs.",
+    )
+    new = _NewNet()
+    wanted = list(new.state_dict())
+    wrong = [k for k in renamed if k not in wanted]
+    if wrong:
+        raise Fail(
+            f"{_RENAME_CALL} returned the key {wrong[0]!r}, which the new model does not have.", _rename_hint(wrong[0])
+        )
+    absent = [k for k in wanted if k not in renamed]
+    expect(
+        not absent,
+        f"{_RENAME_CALL} returned no {absent[0] if absent else ''!r}.",
+        "Keep every entry: rename the keys with an old prefix, copy the others as they are.",
+    )
+    for old_key, value in source.items():
+        new_key = next((n + old_key[len(o) :] for o, n in RENAMES.items() if old_key.startswith(o)), old_key)
+        expect(
+            renamed[new_key] is value or torch.equal(renamed[new_key], value),
+            f"{_RENAME_CALL} gave {new_key!r} another value than the old {old_key!r}.",
+            "Only the keys change: keep each value as it is.",
+        )
+    with step("loading the renamed state dict into the new model (strict=True)"):
+        new.load_state_dict(renamed)
+    scale = new.backbone[2].scale.item()
+    if abs(scale - _SCALE) > 1e-6:
+        metadata = getattr(renamed, "_metadata", None)
+        raise Fail(
+            f"After loading the renamed state dict, the versioned module's scale is {scale:.3f}, not {_SCALE}: "
+            + (
+                "the state dict lost its _metadata (each module's version)."
+                if metadata is None
+                else "its _metadata still names the module features.2, so backbone.2 finds no version."
+            ),
+            _METADATA_HINT
+            if metadata is None
+            else "Rename the keys of _metadata too (module paths without the trailing dot: 'features.2').",
+        )
+    return (
+        "rename_keys renames prefixes only at the start of keys, keeps every value, renames _metadata so module "
+        "versions still apply, and leaves the given state dict as it was."
+    )
+
+
+check_rename = make_check("ch4.rename")
+
+
+# --- ch4.load_big -----------------------------------------------------------------------------------------
+
+
+class _BigProbe(nn.Module):
+    """Tied embedding and head, a persistent buffer, and a non-persistent one that the file does not hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(12, 4)
+        self.body = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 12, bias=False)
+        self.head.weight = self.embed.weight  # tied: one Parameter under two names
+        self.register_buffer("mean", torch.full((4,), 0.5))
+        self.register_buffer("positions", torch.arange(6.0), persistent=False)
+        self.built_with = self.body.weight.device.type  # where build() put the parameters
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed(tokens) + self.positions[: tokens.shape[-1], None] - self.mean
+        return self.head(torch.relu(self.body(hidden)))
+
+
+def _mapped_ranges(path: Path) -> list[tuple[int, int]] | None:
+    """The address ranges where ``path`` is memory-mapped in this process (None where /proc is not available)."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        return None
+    real = os.path.realpath(path)
+    ranges = []
+    for line in maps.read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == real:
+            start, end = fields[0].split("-")
+            ranges.append((int(start, 16), int(end, 16)))
+    return ranges
+
+
+_LOAD_BIG_CALL = "load_big(build, path)"
+
+
+@exercise(
+    "ch4.load_big",
+    title="Load a big model: meta device, mmap=True, assign=True, and what they break",
+    names=["load_big"],
+    points=2,
+)
+def _check_load_big(load_big: Any) -> str:
+    expect_function(load_big, "load_big", "load_big(build, path)")
+    torch.manual_seed(4)
+    source = _BigProbe()
+    with torch.no_grad():
+        source.mean.fill_(0.25)
+    calls = []
+
+    def build() -> nn.Module:
+        calls.append(1)
+        return _BigProbe()
+
+    # ignore_cleanup_errors: on Windows a file stays undeletable while a learner's object still maps it.
+    with tempfile.TemporaryDirectory(prefix="course_ch4_", ignore_cleanup_errors=True) as scratch:
+        path = Path(scratch) / "big.pt"
+        torch.save(source.state_dict(), path)
+        with step(f"calling {_LOAD_BIG_CALL}"):
+            model = load_big(build, path)
+        expect(
+            isinstance(model, _BigProbe),
+            f"{_LOAD_BIG_CALL} must return the model that build() made (got {describe(model)}).",
+            "Return the model after loading the weights into it.",
+        )
+        on_meta = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.device.type == "meta"]
+        if "positions" in on_meta and len(on_meta) == 1:
+            raise Fail(
+                "After load_big, the non-persistent buffer positions is still on the meta device: the file does not "
+                "hold it (persistent=False), so load_state_dict never replaced it.",
+                "Move only the parameters to meta while build() runs, e.g. with "
+                "torch.nn.modules.module.register_module_parameter_registration_hook; buffers then keep their values.",
+            )
+        expect(
+            not on_meta,
+            f"After load_big, {', '.join(on_meta[:3])} {'is' if len(on_meta) == 1 else 'are'} still on the meta "
+            "device: load_state_dict copied into meta tensors, which holds nothing.",
+            "Load with model.load_state_dict(state, assign=True): the loaded tensors then replace the meta ones.",
+        )
+        expect(
+            model.built_with == "meta",
+            "build() made real parameters on the CPU: each was allocated and initialized only to be replaced.",
+            "Build the parameters on the meta device (torch.device('meta'), or a parameter registration hook).",
+        )
+        for name, value in source.state_dict().items():
+            expect(
+                torch.equal(model.state_dict()[name], value),
+                f"After load_big, {name} is not the file's value.",
+                "Load every entry of the file into the model.",
+            )
+        expect(
+            torch.equal(model.positions, torch.arange(6.0)),
+            "After load_big, the non-persistent buffer positions holds other values than build() gave it (to_empty "
+            "leaves memory uninitialized).",
+            "Keep the buffers that build() made: move only the parameters to the meta device.",
+        )
+        expect(
+            model.head.weight is model.embed.weight,
+            "After load_big, head.weight and embed.weight are two Parameters: assign=True gave each key its own, so "
+            "the tie is broken (an optimizer would update them apart).",
+            "Tie them again after loading: record which names share a Parameter before, then set the same one.",
+        )
+        ranges = _mapped_ranges(path)
+        if ranges is not None:
+            pointer = model.body.weight.data_ptr()
+            expect(
+                any(start <= pointer < end for start, end in ranges),
+                "After load_big, the parameters were copied into memory instead of using the file's mapping.",
+                "Load with torch.load(path, mmap=True, map_location='cpu', weights_only=True) and "
+                "load_state_dict(..., assign=True).",
+            )
+        with step("running the loaded model"):
+            model.eval()
+            with torch.no_grad():
+                output = model(torch.tensor([[1, 2, 3]]))
+                expected = source.eval()(torch.tensor([[1, 2, 3]]))
+        expect(torch.equal(output, expected), "The loaded model does not compute what the saved one did.")
+        del model, output
+    return (
+        "load_big builds the parameters on the meta device, maps the file's tensors in with assign=True, keeps the "
+        "non-persistent buffers and ties head.weight to embed.weight again."
+    )
+
+
+check_load_big = make_check("ch4.load_big")
