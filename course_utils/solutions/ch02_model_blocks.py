@@ -223,7 +223,9 @@ class ResidualBlock(nn.Module):
         ### END SOLUTION
 
 
-def make_layer(in_channels: int, out_channels: int, num_blocks: int, stride: int = 1) -> nn.Sequential:
+def make_layer(
+    in_channels: int, out_channels: int, num_blocks: int, stride: int = 1, block: type[nn.Module] | None = None
+) -> nn.Sequential:
     """``num_blocks`` ResidualBlocks; only the first one changes the stride and the channels.
 
     Args:
@@ -231,6 +233,8 @@ def make_layer(in_channels: int, out_channels: int, num_blocks: int, stride: int
         out_channels: channels of every block's output.
         num_blocks: how many blocks (at least 1).
         stride: the first block's stride (2 halves H and W).
+        block: the block class, called as ``block(in_channels, out_channels, stride)`` (default
+            :class:`ResidualBlock`).
 
     Returns:
         The blocks in an ``nn.Sequential`` (keys ``0.conv1.weight``, ``1.conv1.weight``, ...).
@@ -240,15 +244,16 @@ def make_layer(in_channels: int, out_channels: int, num_blocks: int, stride: int
     """
     if num_blocks < 1:
         raise ValueError(f"num_blocks must be at least 1 (got {num_blocks})")
-    blocks = [ResidualBlock(in_channels, out_channels, stride)]
-    blocks += [ResidualBlock(out_channels, out_channels) for _ in range(num_blocks - 1)]
+    block = block or ResidualBlock
+    blocks = [block(in_channels, out_channels, stride)]
+    blocks += [block(out_channels, out_channels) for _ in range(num_blocks - 1)]
     return nn.Sequential(*blocks)
 
 
 class ResNet(nn.Module):
     """Stem (Conv 7x7 => BN => ReLU => MaxPool) => four layers of ResidualBlocks => global pool => Linear."""
 
-    def __init__(self, layers: Sequence[int], num_classes: int = 1000) -> None:
+    def __init__(self, layers: Sequence[int], num_classes: int = 1000, block: type[nn.Module] | None = None) -> None:
         super().__init__()
         if len(layers) != 4:
             raise ValueError(f"layers must give the number of blocks of 4 layers (got {list(layers)})")
@@ -256,10 +261,10 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = make_layer(64, 64, layers[0])
-        self.layer2 = make_layer(64, 128, layers[1], stride=2)
-        self.layer3 = make_layer(128, 256, layers[2], stride=2)
-        self.layer4 = make_layer(256, 512, layers[3], stride=2)
+        self.layer1 = make_layer(64, 64, layers[0], block=block)
+        self.layer2 = make_layer(64, 128, layers[1], stride=2, block=block)
+        self.layer3 = make_layer(128, 256, layers[2], stride=2, block=block)
+        self.layer4 = make_layer(256, 512, layers[3], stride=2, block=block)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512, num_classes)
 
