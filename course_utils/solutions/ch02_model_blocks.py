@@ -383,8 +383,8 @@ def trace_shapes(model: nn.Module, *inputs: torch.Tensor) -> list[tuple[str, tup
 def infer_flat_size(features: nn.Module, input_shape: tuple[int, ...]) -> int:
     """How many values per example ``features`` outputs, found by one dry run that leaves ``features`` unchanged.
 
-    The dry run uses one zero input in eval mode, under ``torch.no_grad()``: BatchNorm keeps its running
-    statistics, Dropout draws no random numbers, and every submodule's own training flag is restored afterwards.
+    Unchanged means: the same parameters and buffers (BatchNorm's running statistics included), the same mode in
+    every submodule, and the same random-number state.
 
     Args:
         features: the part of a network before its flatten and its first ``nn.Linear``.
@@ -398,6 +398,7 @@ def infer_flat_size(features: nn.Module, input_shape: tuple[int, ...]) -> int:
     dtype = first.dtype if first is not None else torch.get_default_dtype()
     device = first.device if first is not None else None
     modes = {module: module.training for module in features.modules()}  # submodules may differ (a frozen BN)
+    # Eval mode: BatchNorm uses its running statistics without updating them, and Dropout draws no numbers.
     features.eval()
     try:
         with torch.no_grad():
