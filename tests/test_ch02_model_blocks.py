@@ -270,6 +270,14 @@ def test_infer_flat_size_leaves_statistics_modes_and_random_state_unchanged():
     assert ref.infer_flat_size(nn.Linear(3, 5).double(), (3,)) == 5
 
 
+def test_infer_flat_size_initializes_lazy_modules_and_nothing_else():
+    features = nn.Sequential(nn.LazyConv2d(4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(5)).train()
+    assert ref.infer_flat_size(features, (3, 8, 8)) == 5
+    assert not any(isinstance(p, nn.parameter.UninitializedParameter) for p in features.parameters())
+    assert features.training and features[1].num_batches_tracked.item() == 0
+    assert features[0].weight.shape == (4, 3, 3, 3) and features[3].weight.shape == (5, 4 * 6 * 6)
+
+
 def test_deep_mlp_has_the_asked_depth_and_the_same_layers_with_or_without_residuals():
     plain = ref.deep_mlp(40, 32, 32, 10)
     residual = ref.deep_mlp(40, 32, 32, 10, residual=True)

@@ -384,7 +384,8 @@ def infer_flat_size(features: nn.Module, input_shape: tuple[int, ...]) -> int:
     """How many values per example ``features`` outputs, found by one dry run that leaves ``features`` unchanged.
 
     Unchanged means: the same parameters and buffers (BatchNorm's running statistics included), the same mode in
-    every submodule, and the same random-number state.
+    every submodule, and the same random-number state. The one exception is a lazy module (``nn.LazyLinear``,
+    ...): a dry run is what initializes it, with random numbers, as its first real forward pass would.
 
     Args:
         features: the part of a network before its flatten and its first ``nn.Linear``.
