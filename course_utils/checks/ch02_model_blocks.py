@@ -1,9 +1,12 @@
 """Chapter 2 checkers: building networks from blocks (U-Net and ResNet).
 
-Each checker builds modules from the learner's class and looks at their structure first (names, layer types,
-channels, padding, bias), then at shapes, then loads the reference weights into them and compares outputs with
-the reference and with the outputs of the usual mistakes, so that a failure names its cause. Inputs are small
-and on the CPU: every check runs in a fraction of a second (the full-size U-Net is built on the meta device).
+Each block checker builds modules from the learner's class and looks at their structure first (names, layer
+types, channels, padding, bias), then at shapes, then loads the reference weights into them (every BatchNorm
+randomized, so that a mis-wired BatchNorm cannot hide) and compares outputs with the reference and with the
+outputs of the usual mistakes, so that a failure names its cause. The two function checkers (``trace_shapes``,
+``infer_flat_size``) run the learner's function on models the checker builds, and look at what it leaves
+behind: hooks, modes, BatchNorm statistics, the random-number state. Inputs are small and on the CPU: every
+check runs in a fraction of a second (the full-size U-Net is built on the meta device).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import operator
 from typing import Any
 
 import torch
@@ -22,6 +26,7 @@ from course_utils.compare import (
     build,
     count_parameters,
     expect_close,
+    expect_function,
     expect_module_class,
     expect_same_keys,
     load_reference_weights,
@@ -41,15 +46,8 @@ _BIAS_HINT = "Pass bias=False to every conv that a BatchNorm2d follows."
 
 
 def _randomize_batchnorm(module: nn.Module) -> nn.Module:
-    """Give every BatchNorm random affine parameters and running statistics, so outputs depend on all of them."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.2)
-                m.running_mean.normal_(0.0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    return module
+    """Random BatchNorm parameters and statistics (the reference helper: one source of truth)."""
+    return ref.randomize_batchnorm(module)
 
 
 def _conv_text(conv: Any) -> str:
@@ -677,3 +675,298 @@ def _check_residual_block(ResidualBlock: Any) -> str:  # noqa: N803 - the learne
 
 
 check_residual_block = make_check("ch2.residual_block")
+
+
+# --- ch2.trace_shapes -------------------------------------------------------------------------------
+
+
+class _TraceNet(nn.Module):
+    """A small model with nested containers, a BatchNorm and a ReLU that runs twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, kernel_size=3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.pool = nn.MaxPool2d(2)
+        self.act = nn.ReLU()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 3, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)  # (B, 4, 8, 6)
+        x = self.act(self.pool(x))  # (B, 4, 4, 3)
+        x = self.head(x)  # (B, 5)
+        return self.act(x)  # the same ReLU again
+
+
+class _FailingNet(nn.Module):
+    """Runs one conv, then raises: a forward that fails halfway."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, kernel_size=3, padding=1)
+        self.head = nn.Linear(7, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        raise _DeliberateError("the model broke halfway (the checker's deliberate error)")
+
+
+class _DeliberateError(RuntimeError):
+    pass
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _global_hook_count() -> int:
+    module = torch.nn.modules.module
+    return len(module._global_forward_hooks) + len(module._global_forward_pre_hooks)
+
+
+def _modes(model: nn.Module) -> dict[str, bool]:
+    return {name: m.training for name, m in model.named_modules()}
+
+
+def _expect_modes_kept(model: nn.Module, root: str, before: dict[str, bool], what: str, restore_hint: str) -> None:
+    for name, training in _modes(model).items():
+        if training != before[name]:
+            where = f"{root}.{name}" if name else root
+            was, now = ("training", "eval") if before[name] else ("eval", "training")
+            raise Fail(f"{what} changed the mode: {where} was in {was} mode and is now in {now} mode.", restore_hint)
+
+
+def _rows(result: Any, call: str) -> list[tuple[str, tuple[int, ...]]]:
+    """The learner's rows as (name, shape tuple) pairs, or a Fail saying what the result looks like."""
+    expect(
+        isinstance(result, list | tuple),
+        f"{call} must return a list of (name, shape) pairs (got {describe(result)}).",
+        "Append (name, tuple(output.shape)) in the hook and return the list.",
+    )
+    rows = []
+    for row in result:
+        ok = isinstance(row, list | tuple) and len(row) == 2 and isinstance(row[0], str)
+        shape = row[1] if ok else None
+        ok = ok and isinstance(shape, list | tuple) and all(isinstance(n, int) for n in shape)
+        expect(
+            ok,
+            f"{call} must return (name, shape) pairs such as ('features.0', (2, 4, 8, 6)) (got {describe(row)}).",
+            "Each row is (the module's name from named_modules(), tuple(output.shape)).",
+        )
+        rows.append((row[0], tuple(shape)))
+    return rows
+
+
+_TRACE_HOOK_HINT = (
+    "Keep the handles that register_forward_hook returns and call handle.remove() on each in a finally: block, "
+    "so they go even when forward raises."
+)
+
+
+@exercise("ch2.trace_shapes", title="trace_shapes: a shape trace with forward hooks", names=["trace_shapes"])
+def _check_trace_shapes(trace_shapes: Any) -> str:
+    expect_function(trace_shapes, "trace_shapes", "trace_shapes(model, *inputs)")
+    model = _TraceNet()
+    expected_model = copy.deepcopy(model)
+    x = torch.randn(2, 3, 8, 6)
+    expected = ref.trace_shapes(expected_model, x)
+    model.train()
+    model.features[1].eval()  # a frozen BatchNorm: the modes differ between modules
+    modes = _modes(model)
+    calls = []
+    own = model.pool.register_forward_hook(lambda module, args, output: calls.append(1))  # a hook the model had
+    hooks, global_hooks = _hook_count(model), _global_hook_count()
+    call = "trace_shapes(model, x)"
+    with step(f"calling {call} on a small CNN with x of shape (2, 3, 8, 6)"):
+        result = trace_shapes(model, x)
+    expect(
+        own.id in model.pool._forward_hooks,
+        f"{call} removed a forward hook that was on the model before the trace.",
+        "Remove only the hooks you registered (their handles), never clear a module's hook dicts.",
+    )
+    left = _hook_count(model) - hooks + _global_hook_count() - global_hooks
+    expect(left <= 0, f"{call} left {left} hook(s) registered on the model after it returned.", _TRACE_HOOK_HINT)
+    _expect_modes_kept(
+        model, "model", modes, call, "Run the model in the mode it is in: do not call model.eval() or model.train()."
+    )
+    rows = _rows(result, call)
+    names = [name for name, _ in rows]
+    children = {name for name, _ in model.named_children()}
+    if names and set(names) <= children and any(name in ("features", "head") for name in names):
+        raise Fail(
+            f"{call} records only the direct children of the model ({', '.join(dict.fromkeys(names))}).",
+            "Hook every leaf module: the modules of model.named_modules() that have no children.",
+        )
+    containers = [name for name, module in model.named_modules() if next(module.children(), None) is not None]
+    recorded_containers = [name or "'' (the model itself)" for name in dict.fromkeys(names) if name in containers]
+    if recorded_containers:
+        raise Fail(
+            f"{call} records container modules too ({', '.join(recorded_containers)}); only leaves were asked for.",
+            "A container's output is its last child's output: keep the modules without children.",
+        )
+    if len(rows) == len(expected) - 1 and names.count("act") == 1:
+        raise Fail(
+            f"{call} has one row for model.act, which runs twice (after pool and at the end).",
+            "Append a row on every call of the hook; a dict keyed by name keeps only the last call.",
+        )
+    input_shapes = [(2, 3, 8, 6), (2, 4, 8, 6), (2, 4, 8, 6), (2, 4, 8, 6), (2, 4, 4, 3), (2, 4, 4, 3), (2, 48), (2, 5)]
+    if [shape for _, shape in rows] == input_shapes:
+        raise Fail(f"{call} records the input shapes; the output shapes were asked for.", "tuple(output.shape)")
+    for index, (found, wanted) in enumerate(zip(rows, expected, strict=False)):
+        expect(
+            found == wanted,
+            f"Row {index} of {call} is {found}, expected {wanted}.",
+            "One row per leaf call, in the order the leaves run, with tuple(output.shape).",
+        )
+    expect(
+        len(rows) == len(expected),
+        f"{call} has {len(rows)} rows, expected {len(expected)} (one per call of a leaf module).",
+    )
+    expect(len(calls) == 1, f"{call} must run the model exactly once (the model's own hook fired {len(calls)} times).")
+
+    failing = _FailingNet()
+    hooks = _hook_count(failing)
+    doing = f"calling {call} on a model whose forward raises halfway"
+    try:
+        with step(doing):
+            trace_shapes(failing, torch.randn(1, 3, 5, 5))
+    except Fail as failure:
+        if not isinstance(failure.__context__, _DeliberateError):
+            raise
+    else:
+        raise Fail(
+            f"{call} returned although the model's forward raised: the error must reach the caller.",
+            "Use try/finally (not try/except): remove the hooks in finally, and let the exception propagate.",
+        )
+    left = _hook_count(failing) - hooks + _global_hook_count() - global_hooks
+    expect(left <= 0, f"{call} left {left} hook(s) on a model whose forward raised.", _TRACE_HOOK_HINT)
+    return "trace_shapes records every leaf call in order, removes its hooks (even on an error), keeps the modes."
+
+
+check_trace_shapes = make_check("ch2.trace_shapes")
+
+
+# --- ch2.infer_flat_size ----------------------------------------------------------------------------
+
+
+def _flat_size_features() -> nn.Sequential:
+    """A CNN trunk with BatchNorm and Dropout, in training mode, with its second BatchNorm frozen (eval)."""
+    features = nn.Sequential(
+        nn.Conv2d(3, 8, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Dropout(0.3),
+        nn.Conv2d(8, 16, kernel_size=3, stride=2, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+    )
+    features.train()
+    features[6].eval()
+    return features
+
+
+_DTYPE_HINT = (
+    "Make the dry input with the dtype and device of the model's parameters: p = next(features.parameters(), None); "
+    "torch.zeros(1, *input_shape, dtype=p.dtype, device=p.device) (the defaults when p is None)."
+)
+
+
+def _flat_size(result: Any, call: str) -> int:
+    if isinstance(result, torch.Tensor) and result.dim() > 0 or isinstance(result, tuple | list):
+        raise Fail(
+            f"{call} must return an int (got {describe(result)}).",
+            "The output of one example has output[0].numel() values.",
+        )
+    expect(not isinstance(result, bool | float), f"{call} must return an int (got {describe(result)}).")
+    try:
+        return operator.index(result)
+    except TypeError:
+        raise Fail(f"{call} must return an int (got {describe(result)}).") from None
+
+
+def _call_flat_size(infer_flat_size: Any, features: nn.Module, shape: tuple[int, ...], what: str) -> int:
+    call = f"infer_flat_size(features, {shape})"
+    doing = f"calling {call} on {what}"
+    try:
+        with step(doing):
+            result = infer_flat_size(features, shape)
+    except Fail as failure:
+        cause = failure.__context__
+        if isinstance(cause, StopIteration):
+            raise Fail(
+                f"{doing} raised StopIteration: the model has no parameters, so next(features.parameters()) is empty.",
+                "next(features.parameters(), None) returns None instead; then use the default dtype.",
+            ) from None
+        text = str(cause)
+        if isinstance(cause, RuntimeError) and any(w in text for w in ("type", "Double", "Float")):
+            raise Fail(f"{failure.message.rstrip('.')}.", _DTYPE_HINT) from None
+        raise
+    return _flat_size(result, call)
+
+
+@exercise("ch2.infer_flat_size", title="infer_flat_size: a dry run that changes nothing", names=["infer_flat_size"])
+def _check_infer_flat_size(infer_flat_size: Any) -> str:
+    expect_function(infer_flat_size, "infer_flat_size", "infer_flat_size(features, input_shape)")
+    features = _flat_size_features()
+    shape = (3, 20, 18)
+    call = f"infer_flat_size(features, {shape})"
+    expected = ref.infer_flat_size(copy.deepcopy(features), shape)  # 16 channels of 4 x 4
+    state = {key: value.clone() for key, value in features.state_dict().items()}
+    modes = _modes(features)
+    rng = torch.get_rng_state()
+    found = _call_flat_size(infer_flat_size, features, shape, "a CNN trunk in training mode")
+    if found != expected:
+        if found in (2 * expected, 4 * expected, 8 * expected, 16 * expected, 32 * expected):
+            raise Fail(
+                f"{call} returned {found}, expected {expected}: the count includes the batch dimension "
+                f"({found // expected} examples).",
+                "Count the values of one example: output[0].numel(), or output.flatten(1).size(1).",
+            )
+        if found == 16:
+            raise Fail(
+                f"{call} returned {found}, the channels only; the head's Linear sees channels x height x width "
+                f"= {expected} values.",
+                "Count every value of one example: output[0].numel().",
+            )
+        raise Fail(f"{call} returned {found}, expected {expected}.", "Run features on one example and count.")
+    for key, value in features.state_dict().items():
+        if torch.equal(value, state[key]):
+            continue
+        if "running" in key or "num_batches_tracked" in key:
+            raise Fail(
+                f"{call} changed the BatchNorm statistics (features.{key}): the dry run ran in training mode, "
+                f"so it updated the running statistics (torch.no_grad() does not stop that).",
+                "Run the dry run in eval mode, then give every submodule its mode back.",
+            )
+        raise Fail(f"{call} changed features.{key}.", "A dry run only reads the model.")
+    _expect_modes_kept(
+        features,
+        "features",
+        modes,
+        call,
+        "Save every submodule's .training before eval() and restore each one: features.train(was_training) "
+        "would also switch a frozen BatchNorm back to training mode.",
+    )
+    expect(
+        torch.equal(torch.get_rng_state(), rng),
+        f"{call} changed the random-number state: a later torch.randn (or a Dropout) gives other numbers than "
+        f"it would have without the dry run.",
+        "A zero input draws nothing: torch.zeros(1, *input_shape); in eval mode Dropout draws nothing either.",
+    )
+
+    double = nn.Sequential(nn.Conv2d(1, 2, kernel_size=5), nn.Flatten()).double().eval()
+    found = _call_flat_size(infer_flat_size, double, (1, 12, 12), "a float64 model")
+    expect(found == 128, f"infer_flat_size(features, (1, 12, 12)) on a float64 model returned {found}, expected 128.")
+    pooling = nn.Sequential(nn.MaxPool2d(2), nn.Flatten()).eval()
+    found = _call_flat_size(infer_flat_size, pooling, (3, 9, 8), "a model without parameters")
+    expect(
+        found == 48,
+        f"infer_flat_size(features, (3, 9, 8)) on MaxPool2d(2) returned {found}, expected 48 (3 x 4 x 4).",
+    )
+    return (
+        f"infer_flat_size finds {expected} and leaves the model as it was: BatchNorm statistics, every submodule's "
+        "mode, the random-number state."
+    )
+
+
+check_infer_flat_size = make_check("ch2.infer_flat_size")
