@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from course_utils import checking
 from course_utils.solutions import ch02_model_blocks as ch02
@@ -382,7 +383,7 @@ def test_zero_init_residual_that_counts_modules_fails():
         return len(list(model.modules()))
 
     _expect_fail(
-        _run("ch5.zero_init_residual", zero_init_residual=zero_init_residual), "the model has 4 ResidualBlocks"
+        _run("ch5.zero_init_residual", zero_init_residual=zero_init_residual), "the model has 7 residual blocks"
     )
 
 
@@ -1116,3 +1117,131 @@ def test_activation_stats_removes_its_hooks_when_the_block_raises():
     with pytest.raises(RuntimeError), ref.ActivationStats([model[0]]):
         raise RuntimeError("training crashed")
     assert not model[0]._forward_hooks
+
+
+# --- ch5.zero_init_residual: torchvision's blocks, and other correct styles ------------------------------------
+
+
+def test_zero_init_residual_that_knows_only_chapter_2_blocks_fails():
+    def zero_init_residual(model):
+        blocks = [m for m in model.modules() if isinstance(m, ch02.ResidualBlock)]
+        for block in blocks:
+            nn.init.zeros_(block.bn2.weight)
+        return len(blocks)
+
+    result = _run("ch5.zero_init_residual", zero_init_residual=zero_init_residual)
+    _expect_fail(result, "layer3.0.bn2.weight of the BasicBlock at layer3.0 was not set to zero")
+    assert "Bottleneck" in result.hint and "bn3" in result.hint
+
+
+def test_zero_init_residual_that_zeroes_bn2_of_a_bottleneck_fails():
+    def zero_init_residual(model):
+        blocks = [m for m in model.modules() if isinstance(m, ch02.ResidualBlock | BasicBlock | Bottleneck)]
+        for block in blocks:
+            nn.init.zeros_(block.bn2.weight)
+        return len(blocks)
+
+    _expect_fail(
+        _run("ch5.zero_init_residual", zero_init_residual=zero_init_residual),
+        "changed layer3.1.bn2.weight, the middle BatchNorm of a Bottleneck",
+    )
+
+
+def test_zero_init_residual_that_zeroes_the_bottleneck_bias_fails():
+    def zero_init_residual(model):
+        count = 0
+        for m in model.modules():
+            if isinstance(m, ch02.ResidualBlock | BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+            elif isinstance(m, Bottleneck):
+                nn.init.zeros_(m.bn3.bias)
+            else:
+                continue
+            count += 1
+        return count
+
+    _expect_fail(_run("ch5.zero_init_residual", zero_init_residual=zero_init_residual), "zeroed layer3.1.bn3.bias")
+
+
+def _zero_apply_closure(model):
+    count = [0]
+
+    def visit(module):
+        last = {ch02.ResidualBlock: "bn2", BasicBlock: "bn2", Bottleneck: "bn3"}.get(type(module))
+        if last is not None:
+            with torch.no_grad():
+                getattr(module, last).weight.fill_(0.0)
+            count[0] += 1
+
+    model.apply(visit)
+    return count[0]
+
+
+def _zero_by_attribute(model):  # duck typing: a Bottleneck is the block with a bn3
+    count = 0
+    for _, module in model.named_modules():
+        if isinstance(module, ch02.ResidualBlock | BasicBlock | Bottleneck):
+            norm = module.bn3 if hasattr(module, "bn3") else module.bn2
+            norm.weight.data.zero_()
+            count += 1
+    return count
+
+
+def _zero_recursive(model):  # a hand-written recursion over children(), multiplying by 0
+    count = 0
+    for child in model.children():
+        if isinstance(child, Bottleneck):
+            with torch.no_grad():
+                child.bn3.weight.mul_(0)
+            count += 1
+        elif isinstance(child, ch02.ResidualBlock | BasicBlock):
+            with torch.no_grad():
+                child.bn2.weight.mul_(0)
+            count += 1
+        count += _zero_recursive(child)
+    return count
+
+
+@pytest.mark.parametrize("answer", [_zero_apply_closure, _zero_by_attribute, _zero_recursive])
+def test_zero_init_residual_in_other_correct_styles_passes(answer):
+    result = _run("ch5.zero_init_residual", zero_init_residual=answer)
+    assert result.status == "pass", str(result)
+
+
+def test_ref_zero_init_residual_matches_torchvision_on_resnet50():
+    import torchvision
+
+    assert ref.zero_init_residual(torchvision.models.resnet50(weights=None)) == 16
+    tv = torchvision.models.resnet50(weights=None, zero_init_residual=True)
+    zeroed = [n for n, m in tv.named_modules() if isinstance(m, nn.BatchNorm2d) and not m.weight.any()]
+    assert len(zeroed) == 16 and all(n.endswith(".bn3") for n in zeroed)
+
+
+@pytest.mark.parametrize("style", ["helpers", "copy_randn", "fan_helper"])
+def test_my_kaiming_normal_in_other_correct_styles_passes(style):
+    def gain_of(nonlinearity, a):
+        gains = {"linear": 1.0, "relu": math.sqrt(2.0), "tanh": 5.0 / 3}
+        return math.sqrt(2.0 / (1 + a**2)) if nonlinearity == "leaky_relu" else gains[nonlinearity]
+
+    def helpers(tensor, mode="fan_in", nonlinearity="relu", a=0.0):
+        fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(tensor)
+        std = gain_of(nonlinearity, a) / math.sqrt(fan_in if mode == "fan_in" else fan_out)
+        with torch.no_grad():
+            return tensor.normal_(0, std)  # normal_ returns the tensor itself
+
+    def copy_randn(tensor, mode="fan_in", nonlinearity="relu", a=0.0):
+        out_dim, in_dim = tensor.shape[:2]
+        kernel = tensor[0][0].numel()
+        fan = (in_dim if mode == "fan_in" else out_dim) * kernel
+        with torch.no_grad():
+            tensor.copy_(torch.randn(tensor.shape) * nn.init.calculate_gain(nonlinearity, a) / fan**0.5)
+        return tensor
+
+    def fan_helper(tensor, mode="fan_in", nonlinearity="relu", a=0.0):
+        fan = tensor[0].numel() if mode == "fan_in" else tensor.shape[0] * tensor[0][0].numel()
+        tensor.data.normal_(mean=0.0, std=gain_of(nonlinearity, a) / math.sqrt(fan))
+        return tensor
+
+    answers = {"helpers": helpers, "copy_randn": copy_randn, "fan_helper": fan_helper}
+    result = _run("ch5.kaiming_normal", my_kaiming_normal_=answers[style])
+    assert result.status == "pass", str(result)

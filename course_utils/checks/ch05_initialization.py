@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import re
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from course_utils.checking import Fail, describe, exercise, expect, expect_raises, make_check, step
 from course_utils.compare import expect_function
@@ -454,15 +456,27 @@ check_kaiming_normal = make_check("ch5.kaiming_normal")
 
 
 def _residual_model() -> nn.Sequential:
-    """Four ResidualBlocks at three depths (one nested in a Sequential in a Sequential), with BatchNorms around."""
+    """Four ResidualBlocks at three depths (one nested in a Sequential in a Sequential), then torchvision's
+    BasicBlock and two Bottlenecks (one with a projection shortcut), with BatchNorms around."""
+    projection = nn.Sequential(nn.Conv2d(16, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32))
     return nn.Sequential(
         OrderedDict(
             stem=nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()),
             layer1=nn.Sequential(ResidualBlock(8, 8), ResidualBlock(8, 8)),
             layer2=nn.Sequential(ResidualBlock(8, 16, stride=2), nn.Sequential(ResidualBlock(16, 16))),
-            head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)),
+            layer3=nn.Sequential(BasicBlock(16, 16), Bottleneck(16, 4), Bottleneck(16, 8, 2, downsample=projection)),
+            head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4)),
         )
     )
+
+
+def _last_norm_name(block: nn.Module) -> str | None:
+    """The name of the BatchNorm that ends a residual block's branch, or None for any other module."""
+    if isinstance(block, ResidualBlock | BasicBlock):
+        return "bn2"
+    if isinstance(block, Bottleneck):
+        return "bn3"
+    return None
 
 
 def _is_filled(tensor: torch.Tensor) -> bool:
@@ -473,78 +487,96 @@ def _is_zero(tensor: torch.Tensor) -> bool:
     return bool((tensor.detach() == 0).all())
 
 
+_BLOCK_TYPES_HINT = (
+    "Three block types: chapter 2's ResidualBlock and torchvision's BasicBlock end their branch with bn2, "
+    "torchvision's Bottleneck (ResNet-50 and deeper) with bn3."
+)
+
+
 @exercise("ch5.zero_init_residual", title="Zero-init the last BN of residual blocks", names=["zero_init_residual"])
 def _check_zero_init_residual(zero_init_residual: Any) -> str:
     expect_function(zero_init_residual, "zero_init_residual", "zero_init_residual(model)")
     model = _residual_model()
     before = _fill_every_parameter(model)
-    blocks = [name for name, module in model.named_modules() if isinstance(module, ResidualBlock)]
-    with step("calling zero_init_residual(model) on a model with four ResidualBlocks"):
+    blocks = {name: (type(m).__name__, _last_norm_name(m)) for name, m in model.named_modules() if _last_norm_name(m)}
+    with step(
+        "calling zero_init_residual(model) on a model with four ResidualBlocks, a BasicBlock and two Bottlenecks"
+    ):
         count = zero_init_residual(model)
     _expect_same_parameters(model, before, "zero_init_residual(model)")
     parameters = dict(model.named_parameters())
-    for name in blocks:
-        weight, bias = parameters[f"{name}.bn2.weight"], parameters[f"{name}.bn2.bias"]
+    for name, (_, last) in blocks.items():
+        weight, bias = parameters[f"{name}.{last}.weight"], parameters[f"{name}.{last}.bias"]
         if _is_filled(weight) and _is_zero(bias):
             raise Fail(
-                f"zero_init_residual zeroed {name}.bn2.bias instead of {name}.bn2.weight.",
-                "The weight (gamma) scales the branch; with gamma = 0 the branch outputs beta = 0: "
-                "nn.init.zeros_(block.bn2.weight).",
+                f"zero_init_residual zeroed {name}.{last}.bias instead of {name}.{last}.weight.",
+                f"The weight (gamma) scales the branch; with gamma = 0 the branch outputs beta = 0: "
+                f"nn.init.zeros_(block.{last}.weight).",
             )
-        if _is_filled(weight) and _is_zero(parameters[f"{name}.conv2.weight"]):
+        conv = "conv3" if last == "bn3" else "conv2"
+        if _is_filled(weight) and _is_zero(parameters[f"{name}.{conv}.weight"]):
             raise Fail(
-                f"zero_init_residual zeroed {name}.conv2.weight instead of {name}.bn2.weight.",
-                "Zero the BatchNorm's weight: with conv2 zeroed, BatchNorm divides an all-zero map by sqrt(eps) "
-                "and the first gradient that reaches conv2 is about 100 times too large.",
+                f"zero_init_residual zeroed {name}.{conv}.weight instead of {name}.{last}.weight.",
+                "Zero the BatchNorm's weight: with the convolution zeroed, BatchNorm divides an all-zero map by "
+                "sqrt(eps) and the first gradient that reaches the convolution is about 100 times too large.",
             )
     changed = [name for name, parameter in parameters.items() if not _is_filled(parameter)]
-    expected = [f"{name}.bn2.weight" for name in blocks]
+    expected = [f"{name}.{last}.weight" for name, (_, last) in blocks.items()]
     unexpected = [name for name in changed if name not in expected]
     if unexpected:
         first = unexpected[0]
+        owner = next((b for b in blocks if first.startswith(b + ".")), None)
         why = "a BatchNorm outside the residual branches"
-        hint = "Change only block.bn2.weight of each ResidualBlock; leave every other parameter as it is."
-        if ".downsample." in first:
+        hint = "Change only the last BatchNorm's weight of each residual block; leave every other parameter alone."
+        if owner is not None and ".downsample." in first:
             why = "the shortcut's BatchNorm, not the last one of the residual branch"
             hint = (
                 "In a block with a projection shortcut, the last BatchNorm in modules() order is downsample.1; "
-                "take block.bn2 by name."
+                "take the branch's BatchNorm by name (block.bn2, or block.bn3 in a Bottleneck)."
             )
+        elif owner is not None and blocks[owner][0] == "Bottleneck" and first == f"{owner}.bn2.weight":
+            why = "the middle BatchNorm of a Bottleneck: its branch has three convolutions and ends with bn3"
+            hint = _BLOCK_TYPES_HINT
         elif first.endswith(".bn1.weight"):
             why = "the first BatchNorm of the branch, not the last"
-            hint = "Only bn2, the BatchNorm right before the addition, starts at zero."
-        elif ".bn2." in first:
+            hint = "Only the BatchNorm right before the addition starts at zero (bn2, or bn3 in a Bottleneck)."
+        elif first.endswith(".bias") and owner is not None:
             why = "the shift of the last BatchNorm; only its weight (the scale) must be zeroed"
-            hint = "nn.init.zeros_(block.bn2.weight) and nothing else."
+            hint = "nn.init.zeros_(block.bn2.weight) (bn3 in a Bottleneck) and nothing else."
         raise Fail(f"zero_init_residual changed {first}, {why}.", hint)
-    for name in blocks:
-        expect(
-            _is_zero(parameters[f"{name}.bn2.weight"]),
-            f"{name}.bn2.weight of the ResidualBlock at {name} was not set to zero.",
-            "Blocks nest inside Sequentials at any depth: visit them all with model.modules() (children() only "
-            "sees the direct children).",
-        )
+    for name, (kind, last) in blocks.items():
+        if not _is_zero(parameters[f"{name}.{last}.weight"]):
+            hint = (
+                "Blocks nest inside Sequentials at any depth: visit them all with model.modules() (children() only "
+                "sees the direct children)."
+            )
+            if kind != "ResidualBlock":
+                hint = _BLOCK_TYPES_HINT + " Import them from torchvision.models.resnet."
+            raise Fail(f"{name}.{last}.weight of the {kind} at {name} was not set to zero.", hint)
     expect(
-        isinstance(count, int) and not isinstance(count, bool),
+        isinstance(count, numbers.Integral) and not isinstance(count, bool),
         f"zero_init_residual must return how many blocks it changed, an int (got {describe(count)}).",
         "Count the blocks as you go and return the count.",
     )
     expect(
         count == len(blocks),
-        f"zero_init_residual returned {count}; the model has {len(blocks)} ResidualBlocks.",
-        "Add 1 for each ResidualBlock, not for each module or BatchNorm.",
+        f"zero_init_residual returned {count}; the model has {len(blocks)} residual blocks.",
+        "Add 1 for each residual block, not for each module or BatchNorm.",
     )
     plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
     _fill_every_parameter(plain)
-    with step("calling zero_init_residual on a model without ResidualBlocks"):
+    with step("calling zero_init_residual on a model without residual blocks"):
         count = zero_init_residual(plain)
     expect(
         count == 0 and all(_is_filled(p) for p in plain.parameters()),
-        f"On a model without ResidualBlocks, zero_init_residual must change nothing and return 0 (got "
+        f"On a model without residual blocks, zero_init_residual must change nothing and return 0 (got "
         f"{describe(count)}).",
-        "Test each module with isinstance(module, ResidualBlock).",
+        "Test each module's type with isinstance.",
     )
-    return "zero_init_residual zeroes bn2.weight in every ResidualBlock, at any depth, and nothing else."
+    return (
+        "zero_init_residual zeroes the last BatchNorm of every residual branch (bn2 or bn3), at any depth, and "
+        "nothing else."
+    )
 
 
 check_zero_init_residual = make_check("ch5.zero_init_residual")

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from course_utils.solutions.ch02_model_blocks import ResidualBlock
 
@@ -76,7 +77,10 @@ def my_kaiming_normal_(
 
 
 def zero_init_residual(model: nn.Module) -> int:
-    """Zero ``bn2.weight`` in every ResidualBlock of ``model``, so that each block starts as its shortcut.
+    """Zero the last BatchNorm weight of every residual branch in ``model``, so that each block starts as its shortcut.
+
+    Chapter 2's ``ResidualBlock`` and torchvision's ``BasicBlock`` end their branch with ``bn2``, torchvision's
+    ``Bottleneck`` (ResNet-50 and deeper) with ``bn3``; the blocks may sit at any depth.
 
     Returns:
         How many blocks were changed.
@@ -84,9 +88,14 @@ def zero_init_residual(model: nn.Module) -> int:
     ### BEGIN SOLUTION
     count = 0
     for module in model.modules():  # every depth, not only the direct children
-        if isinstance(module, ResidualBlock):
-            nn.init.zeros_(module.bn2.weight)  # in place: an optimizer that holds it sees the change
-            count += 1
+        if isinstance(module, (ResidualBlock, BasicBlock)):
+            last = module.bn2
+        elif isinstance(module, Bottleneck):
+            last = module.bn3  # conv1 (1x1), conv2 (3x3), conv3 (1x1): the branch ends with bn3
+        else:
+            continue
+        nn.init.zeros_(last.weight)  # in place: an optimizer that holds it sees the change
+        count += 1
     return count
     ### END SOLUTION
 
