@@ -1245,3 +1245,18 @@ def test_my_kaiming_normal_in_other_correct_styles_passes(style):
     answers = {"helpers": helpers, "copy_randn": copy_randn, "fan_helper": fan_helper}
     result = _run("ch5.kaiming_normal", my_kaiming_normal_=answers[style])
     assert result.status == "pass", str(result)
+
+
+def test_activation_stats_refuses_outputs_without_a_unit_dimension():
+    model = nn.Sequential(nn.Flatten(0))
+    with ref.ActivationStats([model[0]]), pytest.raises(TypeError, match=r"shape \(batch, units"):
+        model(torch.randn(3, 4))
+
+
+def test_the_source_edition_stores_no_execution_metadata():
+    import nbformat
+
+    from course_utils.paths import SOLUTIONS_NOTEBOOKS_DIR
+
+    nb = nbformat.read(SOLUTIONS_NOTEBOOKS_DIR / "05_initialization.ipynb", as_version=4)
+    assert not [cell.id for cell in nb.cells if "execution" in cell.metadata]

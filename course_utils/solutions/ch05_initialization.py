@@ -118,7 +118,12 @@ class ActivationStats:
     position, as a ReLU unit whose input is negative everywhere.
 
     Args:
-        modules: the modules to watch (each must be called exactly once per forward pass of the model).
+        modules: the modules to watch (each must be called exactly once per forward pass of the model, and return
+            a tensor of shape ``(batch, units, ...)``).
+
+    Raises:
+        ValueError: for an empty list of modules.
+        TypeError: (during the forward pass) when a watched module returns anything else.
     """
 
     def __init__(self, modules: list[nn.Module]) -> None:
@@ -131,6 +136,11 @@ class ActivationStats:
 
     def _hook(self, index: int) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
         def record(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            if not isinstance(output, torch.Tensor) or output.dim() < 2:
+                raise TypeError(
+                    f"ActivationStats watches outputs of shape (batch, units, ...); {type(module).__name__} returned "
+                    f"{type(output).__name__} {tuple(getattr(output, 'shape', ()))}"
+                )
             with torch.no_grad():
                 values = output.detach().float()
                 # units are dimension 1 (features or channels); every other dimension is a sample or a position
