@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
+import re
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from course_utils.checking import Fail, describe, exercise, expect, make_check, step
+from course_utils.checking import Fail, describe, exercise, expect, expect_raises, make_check, step
 from course_utils.compare import expect_function
 from course_utils.solutions.ch02_model_blocks import ResidualBlock
 
@@ -230,15 +233,30 @@ def _expect_left_alone(model: nn.Module) -> None:
         )
 
 
-def _apply_hint(failure: Fail) -> str | None:
-    """A hint for the usual crashes of an init function."""
-    if "fewer than 2 dimensions" in failure.message:
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _apply_hint(failure: Fail, module: nn.Module | None) -> str | None:
+    """A hint for the usual crashes of an init function, given the module it crashed on."""
+    message = failure.message
+    if "fewer than 2 dimensions" in message:
+        if isinstance(module, _NORM_TYPES):
+            return (
+                "A norm layer's weight is 1-D (one scale per channel) and has no fan: branch on the module's type "
+                "(isinstance(module, nn.Conv2d)) rather than hasattr(module, 'weight'), and give nn.BatchNorm2d "
+                "ones_/zeros_."
+            )
         return "A bias is 1-D and has no fan: pass module.weight to kaiming_normal_, and zero the bias."
-    if "NoneType" in failure.message:
+    if "NoneType" in message:
         return "nn.Conv2d(..., bias=False) has bias None: check `if module.bias is not None` before zeroing it."
-    if "leaf Variable" in failure.message:
+    if "leaf Variable" in message:
         return "Use the nn.init functions (they work under torch.no_grad()), or wrap in-place changes in it."
-    if "has no attribute" in failure.message:
+    if "no attribute 'zeros_'" in message:
+        return (
+            "Tensors have no zeros_() method: the in-place method is zero_() (under torch.no_grad()), the function "
+            "nn.init.zeros_(module.bias)."
+        )
+    if re.search(r"object has no attribute '(weight|bias)'", message):
         return "Test the module's type first (isinstance(module, nn.Conv2d)); not every module has a weight."
     return failure.hint
 
@@ -248,11 +266,20 @@ def _check_init_weights(init_weights: Any) -> str:
     expect_function(init_weights, "init_weights", "init_weights(module)")
     model = _init_weights_model()
     before = _fill_every_parameter(model)
+    names = {module: name or "(the model)" for name, module in model.named_modules()}
+    visiting: list[nn.Module] = []
+
+    def init_and_remember(module: nn.Module) -> None:
+        visiting.append(module)
+        init_weights(module)
+
     try:
         with step("calling model.apply(init_weights) on a model with Conv2d, BatchNorm2d, Linear and others"):
-            model.apply(init_weights)
+            model.apply(init_and_remember)
     except Fail as failure:
-        raise Fail(failure.message, _apply_hint(failure)) from None
+        module = visiting[-1] if visiting else None
+        where = f" (on the {type(module).__name__} at {names.get(module, '?')})" if module is not None else ""
+        raise Fail(failure.message + where, _apply_hint(failure, module)) from None
     _expect_same_parameters(model, before, "model.apply(init_weights)")
     _expect_left_alone(model)
     conv_hint = "nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')"
@@ -429,15 +456,27 @@ check_kaiming_normal = make_check("ch5.kaiming_normal")
 
 
 def _residual_model() -> nn.Sequential:
-    """Four ResidualBlocks at three depths (one nested in a Sequential in a Sequential), with BatchNorms around."""
+    """Four ResidualBlocks at three depths (one nested in a Sequential in a Sequential), then torchvision's
+    BasicBlock and two Bottlenecks (one with a projection shortcut), with BatchNorms around."""
+    projection = nn.Sequential(nn.Conv2d(16, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32))
     return nn.Sequential(
         OrderedDict(
             stem=nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()),
             layer1=nn.Sequential(ResidualBlock(8, 8), ResidualBlock(8, 8)),
             layer2=nn.Sequential(ResidualBlock(8, 16, stride=2), nn.Sequential(ResidualBlock(16, 16))),
-            head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)),
+            layer3=nn.Sequential(BasicBlock(16, 16), Bottleneck(16, 4), Bottleneck(16, 8, 2, downsample=projection)),
+            head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4)),
         )
     )
+
+
+def _last_norm_name(block: nn.Module) -> str | None:
+    """The name of the BatchNorm that ends a residual block's branch, or None for any other module."""
+    if isinstance(block, ResidualBlock | BasicBlock):
+        return "bn2"
+    if isinstance(block, Bottleneck):
+        return "bn3"
+    return None
 
 
 def _is_filled(tensor: torch.Tensor) -> bool:
@@ -448,78 +487,354 @@ def _is_zero(tensor: torch.Tensor) -> bool:
     return bool((tensor.detach() == 0).all())
 
 
+_BLOCK_TYPES_HINT = (
+    "Three block types: chapter 2's ResidualBlock and torchvision's BasicBlock end their branch with bn2, "
+    "torchvision's Bottleneck (ResNet-50 and deeper) with bn3."
+)
+
+
 @exercise("ch5.zero_init_residual", title="Zero-init the last BN of residual blocks", names=["zero_init_residual"])
 def _check_zero_init_residual(zero_init_residual: Any) -> str:
     expect_function(zero_init_residual, "zero_init_residual", "zero_init_residual(model)")
     model = _residual_model()
     before = _fill_every_parameter(model)
-    blocks = [name for name, module in model.named_modules() if isinstance(module, ResidualBlock)]
-    with step("calling zero_init_residual(model) on a model with four ResidualBlocks"):
+    blocks = {name: (type(m).__name__, _last_norm_name(m)) for name, m in model.named_modules() if _last_norm_name(m)}
+    with step(
+        "calling zero_init_residual(model) on a model with four ResidualBlocks, a BasicBlock and two Bottlenecks"
+    ):
         count = zero_init_residual(model)
     _expect_same_parameters(model, before, "zero_init_residual(model)")
     parameters = dict(model.named_parameters())
-    for name in blocks:
-        weight, bias = parameters[f"{name}.bn2.weight"], parameters[f"{name}.bn2.bias"]
+    for name, (_, last) in blocks.items():
+        weight, bias = parameters[f"{name}.{last}.weight"], parameters[f"{name}.{last}.bias"]
         if _is_filled(weight) and _is_zero(bias):
             raise Fail(
-                f"zero_init_residual zeroed {name}.bn2.bias instead of {name}.bn2.weight.",
-                "The weight (gamma) scales the branch; with gamma = 0 the branch outputs beta = 0: "
-                "nn.init.zeros_(block.bn2.weight).",
+                f"zero_init_residual zeroed {name}.{last}.bias instead of {name}.{last}.weight.",
+                f"The weight (gamma) scales the branch; with gamma = 0 the branch outputs beta = 0: "
+                f"nn.init.zeros_(block.{last}.weight).",
             )
-        if _is_filled(weight) and _is_zero(parameters[f"{name}.conv2.weight"]):
+        conv = "conv3" if last == "bn3" else "conv2"
+        if _is_filled(weight) and _is_zero(parameters[f"{name}.{conv}.weight"]):
             raise Fail(
-                f"zero_init_residual zeroed {name}.conv2.weight instead of {name}.bn2.weight.",
-                "Zero the BatchNorm's weight: with conv2 zeroed, BatchNorm divides an all-zero map by sqrt(eps) "
-                "and the first gradient that reaches conv2 is about 100 times too large.",
+                f"zero_init_residual zeroed {name}.{conv}.weight instead of {name}.{last}.weight.",
+                "Zero the BatchNorm's weight: with the convolution zeroed, BatchNorm divides an all-zero map by "
+                "sqrt(eps) and the first gradient that reaches the convolution is about 100 times too large.",
             )
     changed = [name for name, parameter in parameters.items() if not _is_filled(parameter)]
-    expected = [f"{name}.bn2.weight" for name in blocks]
+    expected = [f"{name}.{last}.weight" for name, (_, last) in blocks.items()]
     unexpected = [name for name in changed if name not in expected]
     if unexpected:
         first = unexpected[0]
+        owner = next((b for b in blocks if first.startswith(b + ".")), None)
         why = "a BatchNorm outside the residual branches"
-        hint = "Change only block.bn2.weight of each ResidualBlock; leave every other parameter as it is."
-        if ".downsample." in first:
+        hint = "Change only the last BatchNorm's weight of each residual block; leave every other parameter alone."
+        if owner is not None and ".downsample." in first:
             why = "the shortcut's BatchNorm, not the last one of the residual branch"
             hint = (
                 "In a block with a projection shortcut, the last BatchNorm in modules() order is downsample.1; "
-                "take block.bn2 by name."
+                "take the branch's BatchNorm by name (block.bn2, or block.bn3 in a Bottleneck)."
             )
+        elif owner is not None and blocks[owner][0] == "Bottleneck" and first == f"{owner}.bn2.weight":
+            why = "the middle BatchNorm of a Bottleneck: its branch has three convolutions and ends with bn3"
+            hint = _BLOCK_TYPES_HINT
         elif first.endswith(".bn1.weight"):
             why = "the first BatchNorm of the branch, not the last"
-            hint = "Only bn2, the BatchNorm right before the addition, starts at zero."
-        elif ".bn2." in first:
+            hint = "Only the BatchNorm right before the addition starts at zero (bn2, or bn3 in a Bottleneck)."
+        elif first.endswith(".bias") and owner is not None:
             why = "the shift of the last BatchNorm; only its weight (the scale) must be zeroed"
-            hint = "nn.init.zeros_(block.bn2.weight) and nothing else."
+            hint = "nn.init.zeros_(block.bn2.weight) (bn3 in a Bottleneck) and nothing else."
         raise Fail(f"zero_init_residual changed {first}, {why}.", hint)
-    for name in blocks:
-        expect(
-            _is_zero(parameters[f"{name}.bn2.weight"]),
-            f"{name}.bn2.weight of the ResidualBlock at {name} was not set to zero.",
-            "Blocks nest inside Sequentials at any depth: visit them all with model.modules() (children() only "
-            "sees the direct children).",
-        )
+    for name, (kind, last) in blocks.items():
+        if not _is_zero(parameters[f"{name}.{last}.weight"]):
+            hint = (
+                "Blocks nest inside Sequentials at any depth: visit them all with model.modules() (children() only "
+                "sees the direct children)."
+            )
+            if kind != "ResidualBlock":
+                hint = _BLOCK_TYPES_HINT + " Import them from torchvision.models.resnet."
+            raise Fail(f"{name}.{last}.weight of the {kind} at {name} was not set to zero.", hint)
     expect(
-        isinstance(count, int) and not isinstance(count, bool),
+        isinstance(count, numbers.Integral) and not isinstance(count, bool),
         f"zero_init_residual must return how many blocks it changed, an int (got {describe(count)}).",
         "Count the blocks as you go and return the count.",
     )
     expect(
         count == len(blocks),
-        f"zero_init_residual returned {count}; the model has {len(blocks)} ResidualBlocks.",
-        "Add 1 for each ResidualBlock, not for each module or BatchNorm.",
+        f"zero_init_residual returned {count}; the model has {len(blocks)} residual blocks.",
+        "Add 1 for each residual block, not for each module or BatchNorm.",
     )
     plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
     _fill_every_parameter(plain)
-    with step("calling zero_init_residual on a model without ResidualBlocks"):
+    with step("calling zero_init_residual on a model without residual blocks"):
         count = zero_init_residual(plain)
     expect(
         count == 0 and all(_is_filled(p) for p in plain.parameters()),
-        f"On a model without ResidualBlocks, zero_init_residual must change nothing and return 0 (got "
+        f"On a model without residual blocks, zero_init_residual must change nothing and return 0 (got "
         f"{describe(count)}).",
-        "Test each module with isinstance(module, ResidualBlock).",
+        "Test each module's type with isinstance.",
     )
-    return "zero_init_residual zeroes bn2.weight in every ResidualBlock, at any depth, and nothing else."
+    return (
+        "zero_init_residual zeroes the last BatchNorm of every residual branch (bn2 or bn3), at any depth, and "
+        "nothing else."
+    )
 
 
 check_zero_init_residual = make_check("ch5.zero_init_residual")
+
+
+# --- ch5.lsuv -----------------------------------------------------------------------------------------------
+
+_LSUV_TOLERANCE = 0.1
+"""How far from 1 a layer's output std on a fresh batch may be: fitting on 256 samples leaves a few per cent."""
+
+
+class _Scaled(nn.Module):
+    """A custom module in the middle of the LSUV model: its Linear is not a direct child of a Sequential."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(512, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.fc(x))
+
+
+def _lsuv_model() -> nn.Sequential:
+    """Two convolutions and three Linears without normalization, one Linear inside a custom module."""
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(3, 8, 3, padding=1),
+            relu1=nn.ReLU(),
+            conv2=nn.Conv2d(8, 8, 3, padding=1),
+            relu2=nn.ReLU(),
+            flatten=nn.Flatten(),
+            block=_Scaled(),
+            fc2=nn.Linear(64, 64),
+            relu3=nn.ReLU(),
+            dropout=nn.Dropout(0.1),
+            fc3=nn.Linear(64, 10),
+        )
+    )
+
+
+def _lsuv_batch(seed: int) -> torch.Tensor:
+    # Inputs with mean 0.5 and std 2: not standardized, so the first layer's scale must be found, not assumed.
+    generator = torch.Generator().manual_seed(seed)
+    return 0.5 + 2.0 * torch.randn(256, 3, 8, 8, generator=generator)
+
+
+def _output_stds(model: nn.Module, layers: dict[str, nn.Module], batch: torch.Tensor) -> dict[str, float]:
+    """Each layer's output std on ``batch``, in eval mode, recorded by hooks the checker removes again."""
+    stds: dict[str, float] = {}
+
+    def recorder(name: str) -> Any:
+        def record(module: nn.Module, inputs: Any, output: Any) -> None:  # returns None: the output stays as it is
+            if name not in stds and isinstance(output, torch.Tensor):
+                stds[name] = output.detach().std().item()
+
+        return record
+
+    handles = [layer.register_forward_hook(recorder(name)) for name, layer in layers.items()]
+    modes = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad(), step("running the model after lsuv_init_ on a fresh batch"):
+            model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
+    return stds
+
+
+def _orthogonality_error(weight: torch.Tensor) -> float:
+    """How far a (scaled) weight is from orthogonal rows (wide) or columns (tall), relative to its scale."""
+    matrix = weight.detach().double().flatten(1)
+    gram = matrix @ matrix.T if matrix.shape[0] <= matrix.shape[1] else matrix.T @ matrix
+    scale = gram.diagonal().mean()
+    return ((gram / scale) - torch.eye(gram.shape[0], dtype=gram.dtype)).abs().max().item()
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@exercise("ch5.lsuv", title="LSUV: unit variance, layer by layer", names=["lsuv_init_"], points=2)
+def _check_lsuv(lsuv_init_: Any) -> str:
+    expect_function(lsuv_init_, "lsuv_init_", "lsuv_init_(model, batch, *, tol=0.02, max_iters=10)")
+    model = _lsuv_model()
+    model.train()
+    model.dropout.eval()  # a mixed-mode model: lsuv_init_ must give every module its own mode back
+    layers = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear | nn.Conv2d)}
+    before = dict(model.named_parameters())
+    modes = {name: module.training for name, module in model.named_modules()}
+    hooks_before = _hook_count(model)
+    with step("calling lsuv_init_(model, batch) on 2 Conv2d and 3 Linear layers"):
+        result = lsuv_init_(model, _lsuv_batch(0))
+    expect(
+        result is model,
+        f"lsuv_init_ must return the model it initialized (got {describe(result)}).",
+        "End with `return model`.",
+    )
+    _expect_same_parameters(model, before, "lsuv_init_(model, batch)")
+    left = _hook_count(model) - hooks_before
+    expect(
+        left == 0,
+        f"lsuv_init_ left {left} hook(s) registered on the model: they would run on every later forward pass.",
+        "Keep the handle that register_forward_hook returns and call handle.remove() when done (in a finally block).",
+    )
+    changed = [name for name, module in model.named_modules() if module.training != modes[name]]
+    if changed:
+        now = "eval" if not model.get_submodule(changed[0]).training else "train"
+        raise Fail(
+            f"lsuv_init_ changed the mode of {changed[0] or 'the model'} to {now}(); it must leave every module's "
+            f"train/eval mode as it found it.",
+            "Remember each module's .training before, and set module.training back afterwards (model.train(flag) "
+            "sets every child too).",
+        )
+    output_hint = (
+        "Divide the weight by the std of the layer's OUTPUT (a forward hook on the layer), not by its variance or "
+        "its input's std, and repeat until it is within tol of 1."
+    )
+    for name, layer in layers.items():
+        weight = layer.weight.detach()
+        expect(
+            bool(weight.isfinite().all()) and bool(weight.abs().max() > 1e-6),
+            f"After lsuv_init_ the weight of {name} is "
+            f"{'not finite' if not bool(weight.isfinite().all()) else 'about 0'}: the rescaling ran away, as when each "
+            f"step divides by a std that the change does not move.",
+            output_hint,
+        )
+        error = _orthogonality_error(layer.weight)
+        expect(
+            error <= 1e-3,
+            f"The weight of {name} is not a scaled orthogonal matrix (largest error {error:.2f}): LSUV starts from "
+            f"orthogonal weights.",
+            "First nn.init.orthogonal_(layer.weight) for every layer, then rescale; scaling keeps it orthogonal.",
+        )
+    stds = _output_stds(model, layers, _lsuv_batch(1))
+    for name in layers:
+        std = stds.get(name, float("nan"))
+        if not abs(std - 1.0) <= _LSUV_TOLERANCE:
+            later = list(layers)[list(layers).index(name) :]
+            hint = "Rescale one layer at a time, in forward order, re-running the batch after each change."
+            if all(abs(stds[n] - 1.0) > _LSUV_TOLERANCE for n in later) and name == list(layers)[0]:
+                hint = output_hint
+            raise Fail(
+                f"After lsuv_init_, {name}'s output has std {std:.3f} on a fresh batch; every layer's output must "
+                f"have std 1 (within {_LSUV_TOLERANCE}). Output stds: "
+                + ", ".join(f"{n} {s:.2f}" for n, s in stds.items())
+                + ".",
+                hint,
+            )
+    return "lsuv_init_ starts from orthogonal weights and gives every layer's output std 1, removing its hooks."
+
+
+check_lsuv = make_check("ch5.lsuv")
+
+
+# --- ch5.prior_bias -----------------------------------------------------------------------------------------
+
+
+def _prior_case(prior_bias_: Any, head: nn.Module, frequencies: Any, shown: str) -> torch.Tensor:
+    """Call prior_bias_ on a filled head; check the return value, the objects and the weight. Return the bias."""
+    before = _fill_every_parameter(head)
+    call = f"prior_bias_({shown})"
+    with step(f"calling {call}"):
+        result = prior_bias_(head, frequencies)
+    expect(
+        result is head,
+        f"{call} must return the head it changed (got {describe(result)}).",
+        "End with `return head`.",
+    )
+    _expect_same_parameters(head, before, call)
+    expect(
+        _is_filled(head.weight),
+        f"{call} changed the head's weight; only the bias carries the prior.",
+        "Leave head.weight alone: the caller makes it small before calling prior_bias_.",
+    )
+    bias = head.bias.detach()
+    expect(
+        bias.dtype == torch.float32,
+        f"After {call} the bias is {bias.dtype}, not float32 any more.",
+        "Copy the values into the existing bias (head.bias.copy_(values) under torch.no_grad()); copy_ converts.",
+    )
+    return bias.double()
+
+
+@exercise("ch5.prior_bias", title="A prior-probability bias for the head", names=["prior_bias_"], points=2)
+def _check_prior_bias(prior_bias_: Any) -> str:
+    expect_function(prior_bias_, "prior_bias_", "prior_bias_(head, class_frequencies)")
+    frequencies = [0.7, 0.1, 0.15, 0.05]
+    p = torch.tensor(frequencies, dtype=torch.float64)
+    shown = "nn.Linear(16, 4), [0.7, 0.1, 0.15, 0.05]"
+    try:
+        bias = _prior_case(prior_bias_, nn.Linear(16, 4), frequencies, shown)
+    except Fail as failure:
+        hint = failure.hint
+        if "leaf Variable" in failure.message:
+            hint = "The bias is a Parameter that requires grad: change it under torch.no_grad() (copy_)."
+        raise Fail(failure.message, hint) from None
+    predicted = torch.softmax(bias, dim=0)
+    if not torch.allclose(predicted, p, atol=1e-4):
+        if torch.allclose(bias, p, atol=1e-4):
+            why, hint = "the bias holds the frequencies themselves", "The bias is the log of the frequency."
+        elif torch.allclose(bias, torch.log(p / (1 - p)), atol=1e-4):
+            why = "the bias holds log(p / (1 - p)) per class, the prior of independent sigmoids"
+            hint = "With several outputs read by a softmax, the bias is log(p_k) (up to a constant)."
+        else:
+            why, hint = "", "bias_k = log(f_k / sum(f)): then softmax(bias) equals the frequencies."
+        found = ", ".join(f"{value:.3f}" for value in predicted.tolist())
+        raise Fail(
+            f"After prior_bias_({shown}) softmax(bias) is [{found}]"
+            + (f": {why}" if why else "")
+            + ", expected [0.700, 0.100, 0.150, 0.050].",
+            hint,
+        )
+    counts = torch.tensor([900, 60, 40])
+    bias = _prior_case(prior_bias_, nn.Conv2d(8, 3, 1), counts, "nn.Conv2d(8, 3, 1), torch.tensor([900, 60, 40])")
+    predicted = torch.softmax(bias, dim=0)
+    expect(
+        torch.allclose(predicted, torch.tensor([0.9, 0.06, 0.04], dtype=torch.float64), atol=1e-4),
+        "With counts [900, 60, 40] softmax(bias) is ["
+        + ", ".join(f"{v:.3f}" for v in predicted.tolist())
+        + "], expected [0.900, 0.060, 0.040].",
+        "Counts work like frequencies once divided by their sum (or not: softmax ignores a constant added to log).",
+    )
+    for fraction in (0.2, 0.01):
+        bias = _prior_case(prior_bias_, nn.Linear(16, 1), [fraction], f"nn.Linear(16, 1), [{fraction}]")
+        predicted = torch.sigmoid(bias).item()
+        if abs(predicted - fraction) > 1e-4 * max(fraction, 0.01):
+            hint = "With one output read by a sigmoid, the bias is log(p / (1 - p)), so that sigmoid(bias) = p."
+            why = ""
+            if abs(bias.item() - math.log(fraction)) < 1e-4:
+                why = ": the bias is log(p), but a sigmoid needs the log-odds"
+            raise Fail(
+                f"After prior_bias_(nn.Linear(16, 1), [{fraction}]) sigmoid(bias) is {predicted:.4f}{why}, expected "
+                f"{fraction}.",
+                hint,
+            )
+    expect_raises(
+        ValueError,
+        "calling prior_bias_(nn.Linear(16, 4), [0.5, 0.5])",
+        prior_bias_,
+        nn.Linear(16, 4),
+        [0.5, 0.5],
+        hint="Compare the number of frequencies with head.bias.numel() and raise ValueError when they differ.",
+    )
+    expect_raises(
+        ValueError,
+        "calling prior_bias_(nn.Linear(16, 3, bias=False), [0.5, 0.3, 0.2])",
+        prior_bias_,
+        nn.Linear(16, 3, bias=False),
+        [0.5, 0.3, 0.2],
+        hint="A head built with bias=False has head.bias None: raise ValueError with a sentence.",
+    )
+    return (
+        "prior_bias_ sets log-frequencies for a softmax head, log-odds for a one-output head, in place, and "
+        "refuses a mismatch or a missing bias."
+    )
+
+
+check_prior_bias = make_check("ch5.prior_bias")
