@@ -557,7 +557,9 @@ def test_a_chapter_in_chromium_draws_its_plots_and_colours_its_check_results(sit
     assert [c["status"] for c in shown["checks"]] == _expected_checks(path)
     for check in shown["checks"]:
         border, background = checking._COLOURS[check["status"]]
-        assert (check["border"], check["width"], check["background"]) == (_rgb(border), "4px", _rgb(background))
+        expected = (_rgb(border), "4px", _rgb(background))
+        found = (check["border"], check["width"], check["background"])
+        assert found == expected, f"a {check['status']} box is drawn {found}, not {expected}: were its styles stripped?"
     if shown["math"]:
         assert shown["mathDrawn"] >= shown["math"], "MathJax did not typeset the formulas"
 
