@@ -16,7 +16,8 @@ author = "The course authors"
 copyright = "the course authors, MIT License"
 language = _site.get("language", "en")
 
-extensions = ["myst_nb"]
+# githubpages writes .nojekyll: GitHub Pages would otherwise hide _static/, _images/ and _downloads/.
+extensions = ["myst_nb", "sphinx.ext.githubpages"]
 
 # MathJax: Sphinx loads it from a CDN by default. Serve it from the site instead: the pinned wheel
 # sphinx-mathjax-offline carries MathJax 3; _copy_mathjax (below) copies the parts our pages load.

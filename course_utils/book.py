@@ -208,7 +208,7 @@ def glossary_page(entries: Iterable[GlossaryEntry], lang: str = "en") -> str:
         for e in group:
             link = f"{{ref}}`{chapter_label(e.chapter, lang)} <{glossary_label(e.chapter)}>`"
             where.append(f"{link}: {e.note}" if e.note else link)
-        rows.append(f"| {_cell(group[0].english)} | {_cell(' ; '.join(chinese))} | {_cell('; '.join(where))} |")
+        rows.append(f"| {_cell(group[0].english)} | {_cell('；'.join(chinese))} | {_cell('; '.join(where))} |")
     header = text["glossary_header"]
     return "\n".join(
         [f"# {text['glossary_title']}", "", text["glossary_intro"], "", header, "|---|---|---|", *rows, ""]

@@ -355,7 +355,7 @@ def test_the_site_builds_without_warnings(built):
 
 @pytest.mark.slow
 def test_the_site_has_an_intro_a_page_per_chapter_an_instructors_page_a_glossary_and_search(site):
-    for name in ["index.html", "instructors.html", "glossary.html", "search.html", "searchindex.js"]:
+    for name in ["index.html", "instructors.html", "glossary.html", "search.html", "searchindex.js", ".nojekyll"]:
         assert (site / name).is_file(), name
     for path in SOURCES:
         assert (site / f"{path.stem}.html").is_file(), path.stem
