@@ -528,7 +528,7 @@ class _Visit:
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_every_page_opens_in_chromium_without_errors_or_requests_off_the_site(site, served, browser):
+def test_every_page_opens_in_chromium_without_errors_or_requests_off_the_site(browser, site, served):
     pages = [p.relative_to(site).as_posix() for p in _pages(site)]
     visit = _Visit(browser, served)
     try:
@@ -545,7 +545,7 @@ def test_every_page_opens_in_chromium_without_errors_or_requests_off_the_site(si
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
-def test_a_chapter_in_chromium_draws_its_plots_and_colours_its_check_results(site, served, browser, path):
+def test_a_chapter_in_chromium_draws_its_plots_and_colours_its_check_results(browser, site, served, path):
     visit = _Visit(browser, served)
     try:
         visit.open(f"{path.stem}.html")
@@ -566,7 +566,7 @@ def test_a_chapter_in_chromium_draws_its_plots_and_colours_its_check_results(sit
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_searching_for_state_dict_finds_chapter_4(served, browser):
+def test_searching_for_state_dict_finds_chapter_4(browser, served):
     visit = _Visit(browser, served)
     try:
         visit.open("search.html?q=state_dict")
@@ -576,3 +576,10 @@ def test_searching_for_state_dict_finds_chapter_4(served, browser):
     finally:
         visit.page.close()
     assert any("04_save_and_load.html" in url for url in results), results
+
+
+def test_make_book_builds_the_site_after_installing_and_ci_builds_it():
+    makefile = (book.REPO_DIR / "Makefile").read_text()
+    assert re.search(r"^book: \$\(STAMP\)\n\t\$\(BIN\)/python -m course_utils\.book$", makefile, re.M)
+    assert "make book" in (book.REPO_DIR / ".ci" / "run").read_text()
+    assert "/_build/" in (book.REPO_DIR / ".gitignore").read_text().split()
