@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export COURSE_UTILS_STRICT ?= 1
 PYTEST_NOTEBOOKS := --nbval --nbval-current-env --nbval-cell-timeout=300 --sanitize-with tests/sanitize.cfg
 
-.PHONY: help install lab test test-fast test-browser build lint format grade grade-nbval bench clean
+.PHONY: help install lab test test-fast test-browser build book lint format grade grade-nbval bench clean
 
 help:
 	@echo "make lab        open the course in JupyterLab (installs first if needed)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test-fast  unit tests only, no notebook runs"
 	@echo "make test-browser  the student notebooks in JupyterLab in headless Chromium (needs /usr/bin/chromium)"
 	@echo "make build      regenerate the student notebooks from notebooks/solutions/"
+	@echo "make book       the course website from the executed notebooks -> _build/html/index.html (offline)"
 	@echo "make lint       ruff check + ruff format --check"
 	@echo "make bench      time every notebook, check and the test suite -> bench/results.md"
 	@echo "make format     ruff format + ruff check --fix"
@@ -40,13 +41,17 @@ test: $(STAMP)
 
 test-browser: $(STAMP)
 	@test -x /usr/bin/chromium || (echo "Chromium not found: sudo apt-get install chromium (Debian/Ubuntu)"; exit 2)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m browser tests/test_browser.py
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m browser tests/test_browser.py tests/test_book.py
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" tests
 
 build: $(STAMP)
 	$(BIN)/python -m course_utils.build
+
+# The website renders the stored outputs of notebooks/solutions/ (nothing is executed); it fails on any build warning.
+book: $(STAMP)
+	$(BIN)/python -m course_utils.book
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -70,4 +75,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache _build
