@@ -682,18 +682,20 @@ def _tiny():
 
 @pytest.mark.slow
 def test_training_resumed_after_a_crash_matches_the_uninterrupted_run_exactly(tmp_path):
-    settings = {"steps": 12, "freeze_steps": 4, "batch_size": 4, "seed": 3, "checkpoint_every": 3}
+    settings = {"steps": 12, "freeze_steps": 4, "batch_size": 4, "seed": 3, "checkpoint_every": 4}
     torch.manual_seed(0)
     start = ref.new_segmenter(base_channels=4)
     uninterrupted = copy.deepcopy(start)
     ref.train_segmenter(uninterrupted, **settings, checkpoint_dir=tmp_path / "a")
     crashed = copy.deepcopy(start)
     with pytest.raises(ref.SimulatedCrash):
-        ref.train_segmenter(crashed, **settings, checkpoint_dir=tmp_path / "b", crash_after=8)
+        ref.train_segmenter(crashed, **settings, checkpoint_dir=tmp_path / "b", crash_after=6)
     resumed = ref.new_segmenter(base_channels=4)  # a fresh process would start from a new model
     history = ref.train_segmenter(resumed, **settings, checkpoint_dir=tmp_path / "b", resume=True)
-    assert history["step"][0] == 7  # resumed after step 6, the last checkpoint before the crash
+    # Resumed after step 4, the last checkpoint before the crash: the end of the frozen phase.
+    assert history["step"][0] == 5
     assert ref.same_state(resumed, uninterrupted)
+    assert [p.name for p in sorted((tmp_path / "b").iterdir())] == ["step_0004.pt", "step_0008.pt", "step_0012.pt"]
 
 
 @pytest.mark.slow

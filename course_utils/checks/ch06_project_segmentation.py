@@ -81,7 +81,7 @@ def _check_segmenter(Segmenter: Any) -> str:  # noqa: N803 - the learner's class
         raise Fail(
             f"The segmenter's state dict has no {missing[0]}{where}: the trunk must sit in self.encoder under the "
             "classifier's names, so that the classifier's checkpoint loads into it.",
-            "self.encoder = nn.ModuleDict(stem=classifier.stem, stage1=classifier.stage1, ...).",
+            "self.encoder = nn.ModuleDict({'stem': classifier.stem, 'stage1': classifier.stage1, ...}).",
         )
     fresh = [k for k, v in trunk.items() if not torch.equal(state[f"encoder.{k}"], v)]
     expect(
@@ -99,8 +99,8 @@ def _check_segmenter(Segmenter: Any) -> str:  # noqa: N803 - the learner's class
         parts += [f"unexpected {_listing(extra)}"] if extra else []
         raise Fail(
             f"The segmenter's state dict has {' and '.join(parts)}.",
-            "self.decoder = nn.ModuleDict(up1=Up(8C, 4C), up2=Up(4C, 2C), up3=Up(2C, C), refine=ResidualBlock(C, C)) "
-            "and self.head = OutConv(C, num_classes), with chapter 2's parts.",
+            "self.decoder = nn.ModuleDict({'up1': Up(8C, 4C), 'up2': Up(4C, 2C), 'up3': Up(2C, C), 'refine': "
+            "ResidualBlock(C, C)}) and self.head = OutConv(C, num_classes), with chapter 2's parts.",
         )
     for key, value in ref_state.items():
         expect(

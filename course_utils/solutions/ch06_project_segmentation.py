@@ -11,14 +11,12 @@ stub; ``python -m course_utils.build`` copies these definitions into the chapter
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
 import tempfile
 import time
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -224,17 +222,20 @@ class Segmenter(nn.Module):
         # The trunk's stages, by name, without pool and fc: a ModuleDict keeps the keys encoder.stem..., and the
         # segmenter holds the classifier's own modules (no copy), so whatever the classifier learned is in it.
         self.encoder = nn.ModuleDict(
-            OrderedDict(
-                stem=classifier.stem, stage1=classifier.stage1, stage2=classifier.stage2, stage3=classifier.stage3
-            )
+            {
+                "stem": classifier.stem,
+                "stage1": classifier.stage1,
+                "stage2": classifier.stage2,
+                "stage3": classifier.stage3,
+            }
         )
         self.decoder = nn.ModuleDict(
-            OrderedDict(
-                up1=ch2.Up(c4, c3),  # H/8 => H/4, with the skip from stage2
-                up2=ch2.Up(c3, c2),  # H/4 => H/2, with the skip from stage1
-                up3=ch2.Up(c2, c1),  # H/2 => H, with the skip from the stem
-                refine=ch2.ResidualBlock(c1, c1),
-            )
+            {
+                "up1": ch2.Up(c4, c3),  # H/8 => H/4, with the skip from stage2
+                "up2": ch2.Up(c3, c2),  # H/4 => H/2, with the skip from stage1
+                "up3": ch2.Up(c2, c1),  # H/2 => H, with the skip from the stem
+                "refine": ch2.ResidualBlock(c1, c1),
+            }
         )
         self.head = ch2.OutConv(c1, num_classes)
         ### END SOLUTION
@@ -383,17 +384,16 @@ def save_training_state(
         "scheduler": scheduler.state_dict(),
         "step": int(step),
     }
-    buffer = io.BytesIO()
-    torch.save(state, buffer)  # serialize first: a failure here never touches the file
+    # Chapter 4's atomic write: a temporary file in the same folder, then one rename over the old checkpoint.
     temporary = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
     try:
         with open(temporary, "xb") as file:
-            file.write(buffer.getbuffer())
+            torch.save(state, file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)  # atomic: readers see the previous checkpoint or this one, never half
+        os.replace(temporary, path)  # readers see the previous checkpoint or this one, never half of one
     finally:
-        temporary.unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)  # left only after a failure
     ### END SOLUTION
 
 
@@ -491,7 +491,9 @@ def train_segmenter(
     optimizer, scheduler = phase_of(0)
     if resume:
         path = latest_checkpoint(checkpoint_dir)
-        optimizer, scheduler = phase_of(checkpoint_step(path))  # the saved phase's groups, then fill them
+        # Build what was saved: the phase of the last step done (a checkpoint taken right after the frozen
+        # phase holds its one-group optimizer; the loop below then switches phases as the first run did).
+        optimizer, scheduler = phase_of(checkpoint_step(path) - 1)
         start = load_training_state(path, model, optimizer, scheduler)
     set_train_mode(model)
     if eval_every and start == 0:
@@ -537,6 +539,46 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path:
     return found[-1]
 
 
+PROJECT_RUN: dict[str, int | float] = {
+    "steps": 150,
+    "freeze_steps": 30,
+    "lr": 1e-2,
+    "encoder_lr": 3e-3,
+    "batch_size": 16,
+    "eval_every": 10,
+}
+"""The notebook's and the benchmark's training run for the pretrained segmenter (see :func:`train_segmenter`)."""
+SCRATCH_RUN: dict[str, int | float] = {**PROJECT_RUN, "freeze_steps": 0, "encoder_lr": PROJECT_RUN["lr"]}
+"""The same run from scratch: nothing to freeze, every parameter at the decoder's learning rate."""
+DICE_THRESHOLD = 0.8
+"""The held-out Dice that the pretrained segmenter reaches first on every seed we tried (0, 1, 2)."""
+
+
+def training_frequencies() -> torch.Tensor:
+    """The class frequencies of a 64-image sample of a training stream (seed 99, used by no run)."""
+    _, masks = next(shape_batches(64, seed=99))
+    return class_frequencies(masks)
+
+
+def pretrained_segmenter(seed: int, frequencies: torch.Tensor, path: str | os.PathLike | None = None) -> Segmenter:
+    """Steps 1 to 3: the architecture, the committed classifier's trunk loaded into it, the new parts initialized."""
+    from course_utils import artifacts
+
+    torch.manual_seed(seed)
+    model = new_segmenter()
+    load_encoder(model, artifacts.verify(CLASSIFIER_FILE) if path is None else path)
+    init_decoder(model, frequencies)
+    return model
+
+
+def scratch_segmenter(seed: int, frequencies: torch.Tensor) -> Segmenter:
+    """The same segmenter with nothing pretrained: a random encoder, the new parts initialized the same way."""
+    torch.manual_seed(seed)
+    model = new_segmenter()
+    init_decoder(model, frequencies)
+    return model
+
+
 def steps_to_reach(history: dict[str, list[float]], threshold: float) -> int | None:
     """The first measured step at which the held-out Dice reached ``threshold`` (None: never)."""
     return next((s for s, d in zip(history["dice_step"], history["dice"], strict=True) if d >= threshold), None)
@@ -545,13 +587,12 @@ def steps_to_reach(history: dict[str, list[float]], threshold: float) -> int | N
 # --- step 6: ship it (safetensors + config) ----------------------------------------------------------------------
 
 
-def export_model(model: Segmenter, folder: str | os.PathLike, class_names: Sequence[str] = data.CLASS_NAMES) -> None:
+def export_model(model: nn.Module, folder: str | os.PathLike) -> None:
     """Write ``model.safetensors`` (every tensor of the state dict) and ``config.json`` (how to rebuild it).
 
     Args:
-        model: the trained segmenter.
+        model: the trained :class:`Segmenter`.
         folder: the folder to write into (created if needed).
-        class_names: the name of each output class, stored in the config for whoever uses the model.
     """
     ### BEGIN SOLUTION
     from safetensors.torch import save_file
@@ -559,11 +600,11 @@ def export_model(model: Segmenter, folder: str | os.PathLike, class_names: Seque
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     num_classes = model.head.conv.out_channels
-    config = {
-        "architecture": f"{Segmenter.__module__}.Segmenter",
+    config = {  # the constructor's arguments, and what a user of the model must know
+        "architecture": f"{type(model).__module__}.{type(model).__qualname__}",
         "base_channels": model.encoder.stem.double_conv[0].out_channels,
         "num_classes": num_classes,
-        "class_names": list(class_names)[:num_classes],
+        "class_names": list(data.CLASS_NAMES[:num_classes]),
         "image_size": IMAGE_SIZE,
         "torch": torch.__version__,
     }
@@ -574,14 +615,14 @@ def export_model(model: Segmenter, folder: str | os.PathLike, class_names: Seque
     ### END SOLUTION
 
 
-def load_exported(folder: str | os.PathLike) -> Segmenter:
+def load_exported(folder: str | os.PathLike) -> nn.Module:
     """Rebuild the segmenter that :func:`export_model` wrote to ``folder``: on the CPU, in eval mode."""
     ### BEGIN SOLUTION
     from safetensors.torch import load_file
 
     folder = Path(folder)
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    model = new_segmenter(num_classes=config["num_classes"], base_channels=config["base_channels"])
+    model = Segmenter(ShapesClassifier(base_channels=config["base_channels"]), config["num_classes"])
     model.load_state_dict(load_file(folder / WEIGHTS_FILE, device="cpu"))  # strict: every key must fit
     return model.eval()  # BatchNorm with its running statistics, as at inference
     ### END SOLUTION
