@@ -715,3 +715,19 @@ def test_an_exported_model_reloads_in_a_fresh_process_with_the_same_outputs(tmp_
     assert float(out.stdout.strip()) == checksum
     config = json.loads((tmp_path / ref.CONFIG_FILE).read_text())
     assert config["num_classes"] == 4 and config["base_channels"] == 4
+
+
+def test_init_decoder_refuses_a_class_that_never_occurs():
+    model = ref.new_segmenter(base_channels=4)
+    with pytest.raises(ValueError, match="must all be positive"):
+        ref.init_decoder(model, torch.tensor([0.9, 0.1, 0.0, 0.0]))
+
+
+def test_load_encoder_reports_a_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        ref.load_encoder(ref.new_segmenter(base_channels=4), tmp_path / "absent.pt")
+
+
+def test_load_exported_reports_a_folder_without_a_config(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        ref.load_exported(tmp_path)

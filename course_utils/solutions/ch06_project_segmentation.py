@@ -302,11 +302,16 @@ def init_decoder(model: nn.Module, class_frequencies: torch.Tensor) -> None:
     Args:
         model: a :class:`Segmenter`.
         class_frequencies: the fraction of pixels of each class, ``(num_classes,)``, all positive.
+
+    Raises:
+        ValueError: if a frequency is zero or negative (its log, the bias, would be -inf or NaN).
     """
     ### BEGIN SOLUTION
+    frequencies = torch.as_tensor(class_frequencies, dtype=torch.float32)
+    if not bool((frequencies > 0).all()):
+        raise ValueError(f"class frequencies must all be positive (got {frequencies.tolist()})")
     model.decoder.apply(ch5.init_weights)  # the decoder only: model.apply would wipe out the pretrained encoder
     ch5.zero_init_residual(model.decoder)  # bn2.weight = 0: the refine block starts as relu(x)
-    frequencies = torch.as_tensor(class_frequencies, dtype=torch.float32)
     nn.init.normal_(model.head.conv.weight, mean=0.0, std=0.01)
     with torch.no_grad():
         # softmax(log p) = p: the head starts out predicting the class frequencies (the prior) at every pixel.
