@@ -5,7 +5,8 @@
 Per notebook: wall time and peak memory (the kernel's VmHWM) executing the source edition, once on an otherwise
 idle machine and once while another process keeps one core busy (a learner's browser, a second kernel, a
 shared CI runner). Per exercise: the median time of a check call on the reference answer. The chapter-2 U-Net
-training (Dice and time), when that chapter's benchmark exists. The total `make test` time, unless skipped.
+training (Dice and time), when that chapter's benchmark exists. Chapter 6's steps to a held-out Dice, pretrained
+encoder against from scratch, when that chapter's benchmark exists. The total `make test` time, unless skipped.
 Targets (2-core machine): notebook < 60 s and < 1.5 GB, at most 2.5x slower with one core busy, check < 1 s,
 test suite < 5 min after installation.
 """
@@ -109,6 +110,16 @@ def bench_unet() -> dict | None:
     return json.loads(out.stdout[start:]) if start >= 0 else {"error": out.stderr[-500:]}
 
 
+def bench_project() -> dict | None:
+    """Chapter 6: steps to the held-out Dice threshold, pretrained encoder against from scratch, on three seeds."""
+    script = REPO_DIR / "benchmarks" / "bench_ch06_project.py"
+    if not script.exists():
+        return None
+    out = subprocess.run([sys.executable, str(script), "--json"], capture_output=True, text=True, cwd=REPO_DIR)
+    start = out.stdout.find("{")
+    return json.loads(out.stdout[start:]) if start >= 0 else {"error": out.stderr[-500:]}
+
+
 def bench_test_suite() -> dict:
     start = time.perf_counter()
     result = subprocess.run(["make", "test"], cwd=REPO_DIR, capture_output=True, text=True)
@@ -141,6 +152,14 @@ def _markdown(report: dict) -> str:
         lines[-1] += f"{ok(unet['target_met'])})."
     elif unet:
         lines += ["", f"Chapter 2 U-Net benchmark failed: {unet['error']}"]
+    project = report.get("project")
+    if project and "error" not in project:
+        lines += ["", f"Chapter 6 project: steps to held-out Dice {project['threshold']} on seeds {project['seeds']}:"]
+        lines[-1] += f" pretrained encoder {project['pretrained_steps']}, from scratch {project['scratch_steps']}"
+        lines[-1] += f" ({project['steps'] + 1} = not within {project['steps']} steps; target: pretrained fewer on "
+        lines[-1] += f"every seed: {ok(project['target_met'])})."
+    elif project:
+        lines += ["", f"Chapter 6 project benchmark failed: {project['error']}"]
     if report.get("test_suite"):
         suite = report["test_suite"]
         lines += ["", f"`make test`: {suite['seconds']} s, exit {suite['exit']} {' '.join(suite['summary'])} "]
@@ -160,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     report["notebooks"] = [bench_notebook(p) for p in sorted(SOLUTIONS_NOTEBOOKS_DIR.glob(f"{args.notebooks}.ipynb"))]
     report["checks"] = bench_checks()
     report["unet"] = bench_unet()
+    report["project"] = bench_project()
     report["test_suite"] = None if args.skip_test_suite else bench_test_suite()
     args.out.mkdir(exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
