@@ -127,7 +127,7 @@ def grade_notebook(
     chapter = chapter or detect_chapter(nb, path.name)
     if not chapter or not checking.chapter_exercises(chapter):
         return Grade(path.name, chapter, "unknown chapter", notes="pass --chapter N")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COURSE_UTILS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COURSE_UTILS_", "NBGRADER_"))}
     env["MPLBACKEND"] = "Agg"
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
         result_path = Path(tmp) / "result.json"
