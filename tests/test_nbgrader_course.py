@@ -133,7 +133,7 @@ def run_pipeline(course: Path, chapter: int, source_dir: Path) -> Pipeline:
 
     def grade_one(item):
         student, path, exercises = item
-        result = grade.grade_notebook(path, chapter, timeout=900)
+        result = grade.grade_notebook(path, chapter, cell_timeout=300, timeout=1200)
         assert result.status == "ok", f"course_utils.grade on {student}: {result.status} {result.notes}"
         return student, {r["id"]: r for r in result.results if r["id"] in exercises}
 
