@@ -193,3 +193,15 @@ def test_nbval_lax_in_graded_mode_fails_exactly_at_the_exercises_that_do_not_pas
     assert "1 failed" in result.stdout, result.stdout[-2000:]
     assert "[FAIL] ch1.build_mlp" in result.stdout
     assert "course_utils/checking.py" not in result.stdout, "graded mode must not show a traceback"
+
+
+@pytest.mark.slow
+def test_answers_built_on_the_reference_classes_still_pass_when_the_checkers_are_imported_afresh(tmp_path):
+    # Chapter 5's zero_init_residual looks for the ResidualBlock class the notebook imported; the fresh checkers
+    # must build their test models from that same class, or the reference answer fails.
+    name = "05_initialization.ipynb"
+    answers = Answers.of(source_edition(name), 5)
+    path = tmp_path / name
+    nbformat.write(answers.submission(student_edition(name), right=answers.exercises), path)
+    result = grade.grade_notebook(path, 5, cell_timeout=60, timeout=300)
+    assert (result.status, result.total) == ("ok", result.maximum), result.results
