@@ -1,12 +1,15 @@
 """`make bench`: measure the course on this machine and write bench/results.md and bench/results.json.
 
-    python benchmarks/run.py [--skip-test-suite] [--out bench]
+    python benchmarks/run.py [--skip-test-suite] [--skip-nbgrader] [--out bench]
 
 Per notebook: wall time and peak memory (the kernel's VmHWM) executing the source edition, once on an otherwise
 idle machine and once while another process keeps one core busy (a learner's browser, a second kernel, a
 shared CI runner). Per exercise: the median time of a check call on the reference answer. The chapter-2 U-Net
 training (Dice and time), when that chapter's benchmark exists. Chapter 6's steps to a held-out Dice, pretrained
 encoder against from scratch, when that chapter's benchmark exists. The total `make test` time, unless skipped.
+Every chapter's whole notebook through nbgrader (generate, autograde, feedback) and course_utils.grade on the same
+fixture submissions, with the points each gave (tests/test_nbgrader_course.py with COURSE_NBGRADER_ALL=1), unless
+skipped.
 Targets (2-core machine): notebook < 60 s and < 1.5 GB, at most 2.5x slower with one core busy, check < 1 s,
 test suite < 5 min after installation.
 """
@@ -22,6 +25,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -127,6 +131,41 @@ def bench_test_suite() -> dict:
     return {"seconds": round(time.perf_counter() - start), "exit": result.returncode, "summary": summary[-1:]}
 
 
+def bench_nbgrader() -> dict:
+    """Run tests/test_nbgrader_course.py's all-chapters pipeline; collect its time and the points per fixture."""
+    with tempfile.TemporaryDirectory(prefix="bench-nbgrader-") as tmp:
+        points = Path(tmp) / "points.jsonl"
+        env = {**os.environ, "COURSE_NBGRADER_ALL": "1", "COURSE_NBGRADER_REPORT": str(points), "OMP_NUM_THREADS": "1"}
+        test = "tests/test_nbgrader_course.py::test_every_chapter_end_to_end"
+        start = time.perf_counter()
+        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", test]
+        result = subprocess.run(command, cwd=REPO_DIR, env=env, capture_output=True, text=True)
+        seconds = round(time.perf_counter() - start)
+        chapters = [json.loads(line) for line in points.read_text().splitlines()] if points.exists() else []
+    summary = [line for line in result.stdout.splitlines() if " passed" in line or " failed" in line]
+    return {"seconds": seconds, "exit": result.returncode, "summary": summary[-1:], "chapters": chapters}
+
+
+def _nbgrader_markdown(run: dict) -> list[str]:
+    lines = [
+        "",
+        f"nbgrader, every chapter end to end: {run['seconds']} s, exit {run['exit']} {' '.join(run['summary'])}.",
+    ]
+    lines += [
+        "",
+        "| Chapter | Submission | nbgrader | course_utils.grade | Max | Same per exercise |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for chapter in run["chapters"]:
+        maximum = sum(chapter["maximum"].values())
+        for name, points in chapter["fixtures"].items():
+            ours, theirs = points["course_utils.grade"], points["nbgrader"]
+            same = "yes" if ours == theirs else "no (documented)" if name == "switches_off_graded_mode" else "**no**"
+            totals = f"{sum(theirs.values()):g} | {sum(ours.values()):g} | {maximum:g}"
+            lines.append(f"| {chapter['chapter']} | {name} | {totals} | {same} |")
+    return lines
+
+
 def _markdown(report: dict) -> str:
     ok = lambda good: "yes" if good else "**no**"  # noqa: E731
     lines = [
@@ -164,12 +203,15 @@ def _markdown(report: dict) -> str:
         suite = report["test_suite"]
         lines += ["", f"`make test`: {suite['seconds']} s, exit {suite['exit']} {' '.join(suite['summary'])} "]
         lines[-1] += f"(target < {SUITE_SECONDS:.0f} s: {ok(suite['seconds'] < SUITE_SECONDS)})."
+    if report.get("nbgrader"):
+        lines += _nbgrader_markdown(report["nbgrader"])
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-test-suite", action="store_true", help="do not time `make test`")
+    parser.add_argument("--skip-nbgrader", action="store_true", help="do not run every chapter through nbgrader")
     parser.add_argument("--out", type=Path, default=REPO_DIR / "bench")
     parser.add_argument("--notebooks", default="*", help="glob of the notebooks to time (default: all)")
     args = parser.parse_args(argv)
@@ -181,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     report["unet"] = bench_unet()
     report["project"] = bench_project()
     report["test_suite"] = None if args.skip_test_suite else bench_test_suite()
+    report["nbgrader"] = None if args.skip_nbgrader else bench_nbgrader()
     args.out.mkdir(exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "results.md").write_text(_markdown(report))

@@ -19,6 +19,9 @@ Two steps, for every ``notebooks/solutions/NN_name.ipynb``:
    :mod:`course_utils.translate`), ``notebooks/<language>/solutions/`` gets the source edition with its prose
    translated and the English outputs kept, and ``notebooks/<language>/`` its student edition. A prose cell
    without a current translation stops the build (and is drift under ``--check``), naming the cell.
+
+The build also writes nbgrader's cell metadata into the source edition, from the exercise registry, so that an
+instructor can run nbgrader on it (see :func:`nbgrader_metadata`). The student edition carries none of it.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pathlib import Path
 
 import nbformat
 
-from course_utils import translate
+from course_utils import checking, translate
 from course_utils.paths import NOTEBOOKS_DIR, REPO_DIR, SOLUTIONS_NOTEBOOKS_DIR
 
 BEGIN = "### BEGIN SOLUTION"
@@ -43,6 +46,8 @@ END = "### END SOLUTION"
 STUB_COMMENT = "# YOUR CODE HERE"
 _REGION = re.compile(rf"^([ \t]*){re.escape(BEGIN)}[ \t]*\n(.*?)^[ \t]*{re.escape(END)}[ \t]*(\n|\Z)", re.M | re.S)
 _NOTEBOOK_NAME = re.compile(r"^(\d\d)_([a-z0-9_]+?)(?:_[ab])?$")
+_CHECK_CALL = re.compile(r"(?<![\w.])check_([a-z][a-z0-9_]*)\s*\(")
+NBGRADER_SCHEMA_VERSION = 3
 
 
 COLAB_CELL_ID = "colab-install"
@@ -77,6 +82,12 @@ def reference_module_name(notebook: Path) -> str:
     if not match:
         raise BuildError(f"{notebook.name}: notebook names must look like '01_model_definition.ipynb'")
     return f"course_utils.solutions.ch{match.group(1)}_{match.group(2)}"
+
+
+def chapter_of(notebook: Path) -> int:
+    """``notebooks/solutions/02_model_blocks.ipynb`` -> ``2``."""
+    reference_module_name(notebook)  # the same naming rule, and its error
+    return int(_NOTEBOOK_NAME.match(notebook.stem).group(1))
 
 
 def _split_header(source: str) -> tuple[str, str]:
@@ -156,6 +167,90 @@ def ensure_colab_cell(nb: nbformat.NotebookNode) -> bool:
     position = nb.cells.index(first) if first is not None else len(nb.cells)
     nb.cells.insert(position, cell)
     return True
+
+
+def grade_id(exercise_id: str) -> str:
+    """nbgrader's ``grade_id`` for an exercise: ``"ch1.build_mlp"`` -> ``"ch1-build_mlp"``.
+
+    nbgrader's cell toolbar accepts only letters, digits, ``_`` and ``-`` in a ``grade_id``, and exercise ids never
+    contain ``-``, so replacing the one dot is the whole mapping (:func:`exercise_id` undoes it).
+    """
+    return exercise_id.replace(".", "-", 1)
+
+
+def exercise_id(nbgrader_grade_id: str) -> str:
+    """The exercise id of a check cell's ``grade_id``: ``"ch1-build_mlp"`` -> ``"ch1.build_mlp"``."""
+    return nbgrader_grade_id.replace("-", ".", 1)
+
+
+def checked_exercises(source: str, chapter: int) -> list[checking.Exercise]:
+    """The registered exercises of ``chapter`` whose ``check_<name>(...)`` a code cell calls, in call order."""
+    exercises = {ex.id: ex for ex in checking.chapter_exercises(chapter)}
+    found = []
+    for name in _CHECK_CALL.findall(source):
+        ex = exercises.get(f"ch{chapter}.{name}")
+        if ex is not None and ex not in found:
+            found.append(ex)
+    return found
+
+
+def nbgrader_metadata(nb: nbformat.NotebookNode, chapter: int, label: str) -> list[dict | None]:
+    """nbgrader's metadata for each cell of a source-edition notebook (None: not an nbgrader cell).
+
+    * An exercise cell (one with a solution region) is an autograded answer: a solution cell whose ``grade_id``
+      is the cell's id.
+    * A check cell (one that calls the ``check_<name>`` of a registered exercise of the chapter) is an autograded
+      test: locked, ``grade_id`` from :func:`grade_id`, and the exercise's points. Under nbgrader the check
+      raises when it does not pass (``NBGRADER_EXECUTION`` turns on graded mode), so the cell earns its points
+      exactly when the checker passes the learner's answer.
+
+    Raises:
+        BuildError: for a cell that is both, a cell that checks two exercises, an exercise checked twice, a cell
+            without an id, or a ``grade_id`` used twice.
+    """
+    metadata: list[dict | None] = []
+    seen: dict[str, int] = {}
+    for index, cell in enumerate(nb.cells):
+        meta = None
+        if cell.cell_type == "code":
+            where = f"{label}, cell {index}"
+            checked = checked_exercises(cell.source, chapter)
+            solution = BEGIN in cell.source
+            if solution and checked:
+                raise BuildError(f"{where}: an exercise cell may not call a check; give the check its own cell")
+            if len(checked) > 1:
+                ids = ", ".join(ex.id for ex in checked)
+                raise BuildError(f"{where}: a check cell checks one exercise (this one checks {ids})")
+            if (solution or checked) and not cell.get("id"):
+                raise BuildError(f"{where}: an exercise or check cell needs a cell id (nbformat 4.5)")
+            if solution:
+                meta = {"grade": False, "grade_id": cell.id, "locked": False, "solution": True}
+            elif checked:
+                ex = checked[0]
+                meta = {"grade": True, "grade_id": grade_id(ex.id), "locked": True, "points": ex.points}
+                meta["solution"] = False
+            if meta is not None:
+                meta |= {"schema_version": NBGRADER_SCHEMA_VERSION, "task": False}
+                if meta["grade_id"] in seen:
+                    what = "is checked twice" if checked else "is used twice as a grade_id"
+                    raise BuildError(f"{where}: {meta['grade_id']} {what} (first in cell {seen[meta['grade_id']]})")
+                seen[meta["grade_id"]] = index
+        metadata.append(meta)
+    return metadata
+
+
+def ensure_nbgrader_metadata(nb: nbformat.NotebookNode, chapter: int, label: str) -> int:
+    """Write :func:`nbgrader_metadata` into the cells (removing it from all others). Returns cells changed."""
+    changed = 0
+    for cell, meta in zip(nb.cells, nbgrader_metadata(nb, chapter, label), strict=True):
+        if cell.get("metadata", {}).get("nbgrader") == meta:
+            continue
+        if meta is None:
+            del cell.metadata["nbgrader"]
+        else:
+            cell.metadata["nbgrader"] = nbformat.NotebookNode(meta)
+        changed += 1
+    return changed
 
 
 def _stub(match: re.Match[str]) -> str:
@@ -274,6 +369,8 @@ def build(
             changes.append(f"{label}: exercise cells differ from {reference_module_name(path)}")
         if ensure_colab_cell(nb):
             changes.append(f"{label}: the Colab install cell is missing or out of date")
+        if ensure_nbgrader_metadata(nb, chapter_of(path), label):
+            changes.append(f"{label}: nbgrader cell metadata is missing or out of date")
         if changes and not check:
             path.write_text(_dumps(nb), encoding="utf-8")
         drift += changes

@@ -347,8 +347,15 @@ def strict_mode() -> bool:
 
 
 def grading_mode() -> bool:
-    """True when ``COURSE_UTILS_GRADING=1``: a notebook check that does not pass raises."""
-    return os.environ.get("COURSE_UTILS_GRADING") == "1"
+    """True when a notebook check that does not pass must raise.
+
+    That is when ``COURSE_UTILS_GRADING=1``, and when nbgrader runs the notebook (``nbgrader autograde`` and
+    ``nbgrader validate`` set ``NBGRADER_EXECUTION``): its test cells pass exactly when they raise nothing.
+    """
+    return os.environ.get("COURSE_UTILS_GRADING") == "1" or os.environ.get("NBGRADER_EXECUTION") in _NBGRADER_RUNS
+
+
+_NBGRADER_RUNS = ("autograde", "validate")
 
 
 class CheckerBug(RuntimeError):

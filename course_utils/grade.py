@@ -142,7 +142,7 @@ def grade_notebook(
     language = submission_language(nb, language)
     if not chapter or not checking.chapter_exercises(chapter):
         return Grade(path.name, chapter, "unknown chapter", notes="pass --chapter N", language=language)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COURSE_UTILS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COURSE_UTILS_", "NBGRADER_"))}
     env["MPLBACKEND"] = "Agg"
     env["COURSE_UTILS_LANGUAGE"] = language  # the kernel's checks report in it
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:

@@ -3,7 +3,8 @@
     python -m course_utils.grade_worker NOTEBOOK CHAPTER RESULT_JSON CELL_TIMEOUT
 
 Every code cell runs with a per-cell timeout (interrupt and continue; errors do not stop the run). Then a
-final cell drops every ``course_utils`` module the learner may have imported or patched, imports the checkers
+final cell drops every ``course_utils`` module the learner may have imported or patched except the reference
+solutions (``course_utils.solutions.*``, whose classes the learner's answers are built on), imports the checkers
 afresh from disk, and runs every registered exercise of the chapter against the kernel's namespace. The learner's
 own check cells and stored outputs play no part. The result goes to RESULT_JSON.
 """
@@ -24,7 +25,9 @@ from nbclient.exceptions import DeadKernelError
 _GRADING_CELL = """\
 def __course_utils_grade(chapter, out_path):
     import builtins, json, sys
-    for name in [n for n in sys.modules if n == "course_utils" or n.startswith("course_utils.")]:
+    # Fresh checkers, but the same reference modules: answers are built on the reference classes the notebook
+    # imported (isinstance(m, ResidualBlock)), and a second copy of those classes would fail correct answers.
+    for name in [n for n in sys.modules if n.startswith("course_utils.") and n.split(".")[1] != "solutions"]:
         del sys.modules[name]
     from course_utils import checking
     results = []

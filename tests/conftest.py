@@ -11,6 +11,7 @@ CHROMIUM = Path(os.environ.get("COURSE_CHROMIUM", "/usr/bin/chromium"))
 # Set before any course_utils import so every checker runs in strict mode.
 os.environ["COURSE_UTILS_STRICT"] = "1"
 os.environ.pop("COURSE_UTILS_GRADING", None)
+os.environ.pop("NBGRADER_EXECUTION", None)
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """Tests for course_utils.build: injecting references, generating the student edition, --check."""
 
+import dataclasses
 import inspect
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -11,9 +13,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_utils import build
+from course_utils import build, checking
 from course_utils.build import BuildError, strip_solutions
-from course_utils.paths import REPO_DIR
+from course_utils.paths import REPO_DIR, SOLUTIONS_NOTEBOOKS_DIR
 from course_utils.solutions import ch01_model_definition as ref
 
 EXERCISE_CELL = (
@@ -98,7 +100,7 @@ def test_build_injects_the_reference_source_and_writes_the_student_edition(dirs)
     source_dir, out_dir = dirs
     _write(source_dir / "01_model_definition.ipynb", _notebook(EXERCISE_CELL))
     changes = build.build(source_dir=source_dir, out_dir=out_dir)
-    assert len(changes) == 3
+    assert len(changes) == 4
     injected = nbformat.read(source_dir / "01_model_definition.ipynb", as_version=4).cells[2].source
     assert injected == "# Exercise: write build_mlp.\n" + inspect.getsource(ref.build_mlp).rstrip("\n")
     student = nbformat.read(out_dir / "01_model_definition.ipynb", as_version=4).cells[2].source
@@ -117,6 +119,7 @@ def test_check_reports_drift_and_changes_nothing(dirs):
     assert drift == [
         "solutions/01_model_definition.ipynb: exercise cells differ from course_utils.solutions.ch01_model_definition",
         "solutions/01_model_definition.ipynb: the Colab install cell is missing or out of date",
+        "solutions/01_model_definition.ipynb: nbgrader cell metadata is missing or out of date",
         "student/01_model_definition.ipynb: student edition is out of date",
     ]
     assert path.read_text() == before and not (out_dir / "01_model_definition.ipynb").exists()
@@ -208,3 +211,103 @@ def test_on_colab_the_cell_clones_once_and_adds_only_what_colab_lacks(monkeypatc
     exec(code, {})  # run again: no second clone, the path is added once
     assert [command[0] for command in commands] == [sys.executable]
     assert sys.path.count("/content/course") == 1
+
+
+# --- nbgrader's cell metadata -------------------------------------------------------------------------------------
+
+
+def _nbgrader(cell: nbformat.NotebookNode) -> dict | None:
+    return cell.metadata.get("nbgrader")
+
+
+def test_exercise_cells_become_solution_cells_and_check_cells_locked_tests_worth_the_registry_points():
+    nb = _notebook(EXERCISE_CELL, "check_build_mlp(build_mlp)", "print(1)", "check_task_heads(TaskHeads)")
+    assert build.ensure_nbgrader_metadata(nb, 1, "nb") == 3
+    markdown, exercise, check, plain, heads = nb.cells
+    assert _nbgrader(markdown) is None and _nbgrader(plain) is None
+    assert _nbgrader(exercise) == {
+        "grade": False,
+        "grade_id": "cell-1",
+        "locked": False,
+        "schema_version": 3,
+        "solution": True,
+        "task": False,
+    }
+    registry = checking.registry()
+    assert _nbgrader(check) == {
+        "grade": True,
+        "grade_id": "ch1-build_mlp",
+        "locked": True,
+        "points": registry["ch1.build_mlp"].points,
+        "schema_version": 3,
+        "solution": False,
+        "task": False,
+    }
+    assert _nbgrader(heads)["points"] == registry["ch1.task_heads"].points == 2
+    assert build.ensure_nbgrader_metadata(nb, 1, "nb") == 0, "a second pass changes nothing"
+
+
+def test_stale_nbgrader_metadata_is_rewritten_or_removed(monkeypatch):
+    nb = _notebook("check_build_mlp(build_mlp)", "print(1)")
+    build.ensure_nbgrader_metadata(nb, 1, "nb")
+    nb.cells[1].metadata["nbgrader"]["points"] = 5  # hand-edited points
+    nb.cells[2].metadata["nbgrader"] = {"grade": True, "grade_id": "old", "points": 1}  # no longer a check cell
+    assert build.ensure_nbgrader_metadata(nb, 1, "nb") == 2
+    assert _nbgrader(nb.cells[1])["points"] == checking.registry()["ch1.build_mlp"].points
+    assert _nbgrader(nb.cells[2]) is None
+    registered = checking.registry()["ch1.build_mlp"]
+    monkeypatch.setitem(checking._REGISTRY, "ch1.build_mlp", dataclasses.replace(registered, points=3))
+    assert build.ensure_nbgrader_metadata(nb, 1, "nb") == 1, "points follow the registry"
+    assert _nbgrader(nb.cells[1])["points"] == 3
+
+
+def test_check_calls_of_other_chapters_and_unregistered_names_are_not_check_cells():
+    nb = _notebook("check_build_mlp(build_mlp)", "check_nothing_registered(x)", "def check_build_mlp(f):\n    pass")
+    build.ensure_nbgrader_metadata(nb, 2, "nb")
+    assert [_nbgrader(c) for c in nb.cells] == [None] * 4
+
+
+def test_the_student_edition_carries_no_nbgrader_metadata(dirs):
+    source_dir, out_dir = dirs
+    _write(source_dir / "01_model_definition.ipynb", _notebook(EXERCISE_CELL, "check_build_mlp(build_mlp)"))
+    build.build(source_dir=source_dir, out_dir=out_dir)
+    assert any(_nbgrader(c) for c in nbformat.read(source_dir / "01_model_definition.ipynb", as_version=4).cells)
+    assert not any(_nbgrader(c) for c in nbformat.read(out_dir / "01_model_definition.ipynb", as_version=4).cells)
+
+
+def test_every_exercise_id_maps_to_a_grade_id_nbgrader_accepts_and_back():
+    for exercise_id in checking.registry():
+        grade_id = build.grade_id(exercise_id)
+        assert re.fullmatch(r"[a-zA-Z0-9_\-]+", grade_id), grade_id  # the rule of nbgrader's cell toolbar
+        assert build.exercise_id(grade_id) == exercise_id
+
+
+@pytest.mark.parametrize(
+    ("cells", "message"),
+    [
+        ((EXERCISE_CELL + "\ncheck_build_mlp(build_mlp)",), "may not call a check"),
+        (("check_build_mlp(build_mlp)\ncheck_mlp_stack(MLPStack)",), "checks one exercise"),
+        (("check_build_mlp(build_mlp)", "check_build_mlp(build_mlp)"), "ch1-build_mlp is checked twice"),
+    ],
+)
+def test_check_cells_that_nbgrader_could_not_score_right_are_build_errors(cells, message):
+    with pytest.raises(BuildError, match=message):
+        build.ensure_nbgrader_metadata(_notebook(*cells), 1, "nb")
+
+
+def test_a_check_cell_without_an_id_is_a_build_error():
+    nb = _notebook("check_build_mlp(build_mlp)")
+    del nb.cells[1]["id"]
+    with pytest.raises(BuildError, match="needs a cell id"):
+        build.ensure_nbgrader_metadata(nb, 1, "nb")
+
+
+def test_every_source_notebook_checks_each_exercise_in_exactly_one_locked_cell():
+    for path in sorted(SOLUTIONS_NOTEBOOKS_DIR.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        tests = [_nbgrader(c) for c in nb.cells if (_nbgrader(c) or {}).get("grade")]
+        assert all(t["locked"] for t in tests)
+        chapter = build.chapter_of(path)
+        assert sorted(build.exercise_id(t["grade_id"]) for t in tests) == sorted(
+            ex.id for ex in checking.chapter_exercises(chapter)
+        ), path.name

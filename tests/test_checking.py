@@ -305,3 +305,19 @@ def test_checks_run_on_one_thread_and_restore_the_learners_setting():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("execution", ["autograde", "validate"])
+def test_graded_mode_is_on_while_nbgrader_autogrades_or_validates(monkeypatch, execution):
+    monkeypatch.setenv("NBGRADER_EXECUTION", execution)
+    with pytest.raises(checking.CheckNotPassed, match=r"^\[FAIL\] ch99.double .* Hint: Multiply by 2.$"):
+        check_double(lambda x: x + 1)
+    check_double(lambda x: 2 * x)
+
+
+def test_graded_mode_is_off_for_other_nbgrader_runs_and_by_default(monkeypatch, capsys):
+    monkeypatch.setenv("NBGRADER_EXECUTION", "other")
+    assert not checking.grading_mode()
+    monkeypatch.delenv("NBGRADER_EXECUTION")
+    check_double(lambda x: x + 1)
+    assert capsys.readouterr().out.startswith("[FAIL] ch99.double")

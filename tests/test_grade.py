@@ -1,11 +1,10 @@
-"""The grader on fixture submissions built from the chapter 1 student edition.
+"""The grader on fixture submissions built from the chapter 1 student edition (tests/submissions.py).
 
 Fixtures keep the student edition's import, exercise and check cells (the explanatory demos only cost time) and
 then act like learners: solve everything, leave it untouched, answer wrong, loop forever, ignore interrupts, kill
 the kernel, damage the file, delete the check cells, or patch the checker.
 """
 
-import copy
 import csv
 import os
 import subprocess
@@ -15,19 +14,21 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
+from submissions import (
+    CH1_WRONG_BUILD_MLP,
+    Answers,
+    after_imports,
+    is_check,
+    source_edition,
+    student_edition,
+    with_cell,
+)
 
 from course_utils import checking, grade
-from course_utils.paths import NOTEBOOKS_DIR, SOLUTIONS_NOTEBOOKS_DIR
 
 NAME = "01_model_definition.ipynb"
 FULL_MARKS = sum(ex.points for ex in checking.chapter_exercises(1))
-WRONG_BUILD_MLP = """\
-def build_mlp(sizes):
-    layers = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
-"""
+ANSWERS = Answers.of(source_edition(NAME), 1)
 PATCH_CHECKER = """\
 import course_utils.checking as checking
 from course_utils.checks import ch01_model_definition as checks
@@ -37,47 +38,19 @@ checks.check_build_mlp = lambda *args: None
 """
 
 
-def _is_check(cell) -> bool:
-    return "check_" in cell.source and "import" not in cell.source
-
-
 def _student() -> nbformat.NotebookNode:
     """The student edition with only its import, exercise and check cells."""
-    nb = nbformat.read(NOTEBOOKS_DIR / NAME, as_version=4)
-    nb.cells = [
-        c
-        for c in nb.cells
-        if c.cell_type == "code" and ("import " in c.source or "YOUR CODE HERE" in c.source or _is_check(c))
-    ]
-    return nb
+    return student_edition(NAME)
 
 
 def _solved() -> nbformat.NotebookNode:
-    solutions = {c.id: c.source for c in nbformat.read(SOLUTIONS_NOTEBOOKS_DIR / NAME, as_version=4).cells}
-    nb = _student()
-    for cell in nb.cells:
-        if "YOUR CODE HERE" in cell.source:
-            cell.source = solutions[cell.id]
-    return nb
-
-
-def _with_cell(nb: nbformat.NotebookNode, source: str, position: int) -> nbformat.NotebookNode:
-    nb = copy.deepcopy(nb)
-    cell = nbformat.v4.new_code_cell(source)
-    cell.id = f"extra-{position}"
-    nb.cells.insert(position, cell)
-    return nb
-
-
-def _after_imports(nb: nbformat.NotebookNode) -> int:
-    return next(i for i, c in enumerate(nb.cells) if "YOUR CODE HERE" in c.source or "BEGIN" in c.source)
+    return ANSWERS.submission(_student(), right=ANSWERS.exercises)
 
 
 def _wrong() -> nbformat.NotebookNode:
     nb = _solved()
-    for cell in nb.cells:
-        if cell.source.lstrip("# \n").count("def build_mlp"):
-            cell.source = WRONG_BUILD_MLP
+    (cell_id,) = ANSWERS.cells["ch1.build_mlp"]
+    next(c for c in nb.cells if c.id == cell_id).source = CH1_WRONG_BUILD_MLP
     return nb
 
 
@@ -89,12 +62,12 @@ def submissions(tmp_path_factory) -> Path:
         "complete": solved,
         "untouched": student,
         "wrong": _wrong(),
-        "endless_loop": _with_cell(solved, "while True:\n    pass", _after_imports(solved)),
-        "kernel_dies": _with_cell(solved, "import os\n\nos._exit(1)", _after_imports(solved)),
+        "endless_loop": with_cell(solved, "while True:\n    pass", after_imports(solved)),
+        "kernel_dies": with_cell(solved, "import os\n\nos._exit(1)", after_imports(solved)),
         "no_check_cells": nbformat.v4.new_notebook(
-            cells=[c for c in solved.cells if not _is_check(c)], metadata=solved.metadata
+            cells=[c for c in solved.cells if not is_check(c)], metadata=solved.metadata
         ),
-        "patched_checker": _with_cell(student, PATCH_CHECKER, len(student.cells)),
+        "patched_checker": with_cell(student, PATCH_CHECKER, len(student.cells)),
     }
     for name, nb in fixtures.items():
         nbformat.write(nb, folder / f"{name}.ipynb")
@@ -179,7 +152,7 @@ def test_a_loop_that_ignores_interrupts_is_killed_with_its_kernel(tmp_path):
         "import time\n\nwhile True:\n    try:\n        time.sleep(0.05)\n    except KeyboardInterrupt:\n        pass"
     )
     path = tmp_path / "stubborn.ipynb"
-    nbformat.write(_with_cell(_student(), stubborn, _after_imports(_student())), path)
+    nbformat.write(with_cell(_student(), stubborn, after_imports(_student())), path)
     result = grade.grade_notebook(path, cell_timeout=3, timeout=10)
     assert (result.status, result.total) == ("timeout", 0)
     assert result.notes == "killed after 10 s"
@@ -263,3 +236,15 @@ def test_feedback_pages_are_written_in_the_submissions_language(tmp_path, monkey
     assert "未通过. 层没有名字。" in page and "提示：用 OrderedDict。" in page
     english = grade.feedback_markdown(grade.Grade("bob.ipynb", 1, "ok", [result | {"hint": "Use an OrderedDict."}]))
     assert "# Feedback on bob.ipynb" in english and "Hint: Use an OrderedDict." in english
+
+
+@pytest.mark.slow
+def test_answers_built_on_the_reference_classes_still_pass_when_the_checkers_are_imported_afresh(tmp_path):
+    # Chapter 5's zero_init_residual looks for the ResidualBlock class the notebook imported; the fresh checkers
+    # must build their test models from that same class, or the reference answer fails.
+    name = "05_initialization.ipynb"
+    answers = Answers.of(source_edition(name), 5)
+    path = tmp_path / name
+    nbformat.write(answers.submission(student_edition(name), right=answers.exercises), path)
+    result = grade.grade_notebook(path, 5, cell_timeout=60, timeout=300)
+    assert (result.status, result.total) == ("ok", result.maximum), result.results
