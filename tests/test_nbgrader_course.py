@@ -29,19 +29,13 @@ NBGRADER_ALL = os.environ.get("COURSE_NBGRADER_ALL") == "1"
 REPORT = os.environ.get("COURSE_NBGRADER_REPORT")  # make bench: where the all-chapters run writes its points
 # nbgrader takes any line that contains "BEGIN SOLUTION", in any cell, for the start of a solution region, so a
 # Markdown cell that quotes the markers stops generate_assignment ("Solution region detected in a non-solution
-# cell"). Chapter 1's cell how-exercises quotes them; remove it from here once the chapter's prose no longer does.
-QUOTES_THE_MARKERS = {"01_model_definition.ipynb"}
+# cell"): test_no_prose_cell_quotes_nbgrader_solution_markers keeps them out of the prose.
 NBGRADER_DELIMITERS = ("BEGIN SOLUTION", "END SOLUTION")
 SWITCH_OFF_GRADED_MODE = "import course_utils.checking\n\ncourse_utils.checking.grading_mode = lambda: False"
 
 
-def _quotes_the_markers(names: set[str]) -> list[pytest.MarkDecorator]:
-    quoting = sorted(names & QUOTES_THE_MARKERS)
-    return [pytest.mark.xfail(strict=True, reason=f"{quoting} quote nbgrader's solution markers")] if quoting else []
-
-
 def _chapter_param(chapter: int):
-    return pytest.param(chapter, id=f"ch{chapter}", marks=_quotes_the_markers({p.name for p in CHAPTERS[chapter]}))
+    return pytest.param(chapter, id=f"ch{chapter}")
 
 
 def _env() -> dict[str, str]:
@@ -244,7 +238,7 @@ def test_generate_assignment_succeeds_and_each_check_cell_is_worth_its_exercise(
 
 @pytest.mark.parametrize(
     "path",
-    [pytest.param(p, marks=_quotes_the_markers({p.name})) for paths in CHAPTERS.values() for p in paths],
+    [p for paths in CHAPTERS.values() for p in paths],
     ids=lambda p: p.name,
 )
 def test_no_prose_cell_quotes_nbgrader_solution_markers(path):
