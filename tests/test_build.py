@@ -286,7 +286,7 @@ def test_every_exercise_id_maps_to_a_grade_id_nbgrader_accepts_and_back():
     ("cells", "message"),
     [
         ((EXERCISE_CELL + "\ncheck_build_mlp(build_mlp)",), "may not call a check"),
-        (("check_build_mlp(build_mlp)\ncheck_mlp_stack(MLPStack)",), "checks one exercise"),
+        (("check_build_mlp(build_mlp)\ncheck_task_heads(TaskHeads)",), "checks one exercise"),
         (("check_build_mlp(build_mlp)", "check_build_mlp(build_mlp)"), "ch1-build_mlp is checked twice"),
     ],
 )
