@@ -481,9 +481,9 @@ def test_a_checkpoint_of_whole_objects_fails():
 
 
 def test_a_checkpoint_written_in_place_is_destroyed_by_a_failed_save():
-    def save(path, model, optimizer, scheduler, step):
+    def save(path, model, optimizer, scheduler, step):  # the reference's layout, written straight over the file
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-        torch.save({**state, "scheduler": scheduler.state_dict(), "step": step}, path)
+        torch.save({**state, "scheduler": scheduler.state_dict(), "epoch": step}, path)
 
     _expect_fail(_check_checkpoint(save, ref.load_training_state), "left the previous checkpoint unreadable")
 

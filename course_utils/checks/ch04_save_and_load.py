@@ -68,15 +68,15 @@ class _Payload:
         return (exec, (f"import pathlib; pathlib.Path({str(self.marker)!r}).touch()",))
 
 
-class _Unpicklable:
+class Unpicklable:
     """Makes torch.save fail halfway, as a full disk would."""
 
     def __reduce_ex__(self, protocol: int) -> tuple:
         raise OSError("No space left on device (simulated by the checker)")
 
 
-class _PoisonedModel(nn.Module):
-    """The model whose state dict cannot be written: saving it fails after the file was opened."""
+class PoisonedModel(nn.Module):
+    """A model whose state dict cannot be written: saving it fails after the file was opened (chapter 6 too)."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
@@ -84,7 +84,7 @@ class _PoisonedModel(nn.Module):
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         state = self.inner.state_dict(*args, **kwargs)
-        state["zz_unwritable"] = _Unpicklable()
+        state["zz_unwritable"] = Unpicklable()
         return state
 
 
@@ -248,7 +248,7 @@ def _check_checkpoint(save_checkpoint: Any, load_checkpoint: Any) -> str:
         failed = False
         try:
             with step("calling save_checkpoint on a model whose state cannot be written"):
-                save_checkpoint(str(path), _PoisonedModel(fresh), fresh_optimizer, _EPOCH + 1)
+                save_checkpoint(str(path), PoisonedModel(fresh), fresh_optimizer, _EPOCH + 1)
         except Fail:
             failed = True
         if failed:

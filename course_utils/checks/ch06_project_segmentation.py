@@ -18,6 +18,7 @@ import torch.nn.functional as F  # noqa: N812 - the name every PyTorch codebase 
 from torch import nn
 
 from course_utils.checking import Fail, describe, exercise, expect, first_line, make_check, step
+from course_utils.checks.ch04_save_and_load import PoisonedModel
 from course_utils.compare import expect_function, expect_module_class, matches
 from course_utils.solutions import ch06_project_segmentation as ref
 
@@ -550,26 +551,6 @@ def _tiny_train(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: A
     return losses
 
 
-class _Unpicklable:
-    """Makes torch.save fail halfway, as a full disk would."""
-
-    def __reduce_ex__(self, protocol: int) -> tuple:
-        raise OSError("No space left on device (simulated by the checker)")
-
-
-class _PoisonedModel(nn.Module):
-    """A model whose state dict cannot be written: saving it fails part-way."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        state = self.inner.state_dict(*args, **kwargs)
-        state["zz_unwritable"] = _Unpicklable()
-        return state
-
-
 def _read(path: Path, what: str) -> Any:
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
@@ -640,7 +621,7 @@ def _check_checkpoint(save_training_state: Any, load_training_state: Any) -> str
         failed = False
         try:
             with step("calling save_training_state on a model whose state cannot be written"):
-                save_training_state(str(path), _PoisonedModel(fresh), fresh_optimizer, fresh_scheduler, 6)
+                save_training_state(str(path), PoisonedModel(fresh), fresh_optimizer, fresh_scheduler, 6)
         except Fail:
             failed = True
         if failed:
