@@ -3,7 +3,7 @@
     python -m course_utils.artifacts --verify       # check every file the manifest lists
     python -m course_utils.artifacts unet_small     # retrain data/unet_small_shapes.pt and update its entry
     python -m course_utils.wild_checkpoints         # then rebuild chapter 4's checkpoints from it
-    python -m course_utils.artifacts shapes_classifier  # pretrain chapter 6's classifier
+    python -m course_utils.pretrained_classifier    # pretrain chapter 6's classifier
 
 The manifest is one JSON object, ``{"files": {name: entry}}``; every entry has a ``description``, the file's
 ``sha256`` and size in ``bytes``, and the ``regenerate`` command that rebuilds it. Entries may add a ``metadata``
@@ -203,19 +203,10 @@ def make_unet_small(data_dir: Path = DATA_DIR, progress: bool = True) -> dict[st
     return entry
 
 
-def make_shapes_classifier(data_dir: Path = DATA_DIR, progress: bool = True) -> dict[str, Any]:
-    """Pretrain chapter 6's shapes classifier, save its state dict and update its manifest entry."""
-    from course_utils.solutions import ch06_project_segmentation as ch06
-
-    return ch06.make_classifier_artifact(data_dir, progress=progress)
-
-
-REGENERATORS: dict[str, Callable[..., dict[str, Any]]] = {
-    "unet_small": make_unet_small,
-    "shapes_classifier": make_shapes_classifier,
-}
+REGENERATORS: dict[str, Callable[..., dict[str, Any]]] = {"unet_small": make_unet_small}
 """What ``python -m course_utils.artifacts NAME`` can rebuild. Chapter 4's files derived from the small U-Net are
-rebuilt by ``python -m course_utils.wild_checkpoints``, which imports this module (never the other way round)."""
+rebuilt by ``python -m course_utils.wild_checkpoints`` and chapter 6's classifier by
+``python -m course_utils.pretrained_classifier``; both import this module (never the other way round)."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,18 +7,15 @@ Checker messages are English templates; :func:`gettext` returns a template's tra
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
-from course_utils.paths import PACKAGE_DIR
-from course_utils.translate import LANGUAGES, TRANSLATIONS_DIR, read_catalog
+from course_utils.translate import CHECKS_CATALOG, LANGUAGES, TRANSLATIONS_DIR, read_catalog
 
 ENGLISH = "en"
-CHECKS_CATALOG = "checks.po"
+__all__ = ["CHECKS_CATALOG", "ENGLISH", "available_languages", "get_language", "set_language", "translate_message"]
 _state = {"language": os.environ.get("COURSE_UTILS_LANGUAGE", ENGLISH)}
 
 
@@ -66,69 +63,13 @@ def gettext(message: str) -> str:
 # --- checker messages: English templates found in the source, matched at run time ----------------------
 #
 # Checkers build their messages with f-strings, in English, where the code is. Rather than wrapping each one,
-# the catalog's units are those f-strings themselves, extracted from the source: ``f"{what} must be a tensor
-# (got {describe(actual)})."`` becomes the template ``{what} must be a tensor (got {describe(actual)}).``, which
-# a translator renders with the same placeholders. At run time a finished English message is matched against
-# the templates, and each placeholder's value is translated in turn (it may itself be a message).
+# the catalog's units are those f-strings themselves, extracted from the source by
+# ``course_utils.translate.extract_templates``: ``f"{what} must be a tensor (got {describe(actual)})."`` becomes
+# the template ``{what} must be a tensor (got {describe(actual)}).``, which a translator renders with the same
+# placeholders. At run time a finished English message is matched against the templates, and each
+# placeholder's value is translated in turn (it may itself be a message).
 
-MESSAGE_SOURCES = ("checking.py", "compare.py", "checks", "grade.py")
 _PIECE = re.compile(r"(\{\{|\}\}|\{[^{}]+\})")
-_WORDS = re.compile(r"[A-Za-z]{2,}\W+[A-Za-z]{2,}")
-
-
-def _message_files(package_dir: Path) -> list[Path]:
-    files = []
-    for name in MESSAGE_SOURCES:
-        path = package_dir / name
-        files += sorted(path.glob("*.py")) if path.is_dir() else [path] if path.exists() else []
-    return files
-
-
-def _docstrings(tree: ast.AST) -> set[int]:
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
-            first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
-                found.add(id(first.value))
-    return found
-
-
-def _template(node: ast.AST) -> str | None:
-    """The template of a string literal or f-string: literal braces doubled, each value as ``{its source}``."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        pieces = [node.value.replace("{", "{{").replace("}", "}}")]
-        literal = node.value
-    elif isinstance(node, ast.JoinedStr):
-        pieces, literal = [], ""
-        for value in node.values:
-            if isinstance(value, ast.Constant):
-                pieces.append(value.value.replace("{", "{{").replace("}", "}}"))
-                literal += value.value
-            else:
-                source = ast.unparse(value.value)
-                pieces.append("{" + (source if "{" not in source and "}" not in source else "value") + "}")
-    else:
-        return None
-    return "".join(pieces) if _WORDS.search(literal) else None
-
-
-def extract_templates(package_dir: Path | None = None) -> dict[str, list[str]]:
-    """Every message template in the checkers' source, with where it occurs (``file:line``)."""
-    package_dir = package_dir or PACKAGE_DIR
-    found: dict[str, list[str]] = {}
-    for path in _message_files(package_dir):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        skip = _docstrings(tree)
-        inner = {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values}
-        for node in ast.walk(tree):
-            if id(node) in skip or id(node) in inner:
-                continue
-            template = _template(node)
-            if template is not None:
-                where = f"{path.relative_to(package_dir.parent)}:{node.lineno}"
-                found.setdefault(template, []).append(where)
-    return found
 
 
 def _pieces(template: str) -> list[str]:

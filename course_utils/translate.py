@@ -19,7 +19,9 @@ in the checkers' source (see :mod:`course_utils.i18n`).
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ if TYPE_CHECKING:  # importing course_utils (set_language) must stay light: nbfo
     import nbformat
 
 TRANSLATIONS_DIR = PACKAGE_DIR / "translations"
+CHECKS_CATALOG = "checks.po"  # per language: the checkers' message templates (see course_utils.i18n)
 # Languages the course can be built in, with the locale code that goes into each catalog's header.
 LANGUAGES = {"zh": "zh_CN"}
 _HEADER = {
@@ -183,6 +186,67 @@ def translated_notebook(nb: nbformat.NotebookNode, catalog, language: str, label
     return translated
 
 
+# --- checker messages: the templates in the checkers' source ----------------------------------------------
+
+MESSAGE_SOURCES = ("checking.py", "compare.py", "checks", "grade.py")
+_WORDS = re.compile(r"[A-Za-z]{2,}\W+[A-Za-z]{2,}")
+
+
+def _message_files(package_dir: Path) -> list[Path]:
+    files = []
+    for name in MESSAGE_SOURCES:
+        path = package_dir / name
+        files += sorted(path.glob("*.py")) if path.is_dir() else [path] if path.exists() else []
+    return files
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def _template(node: ast.AST) -> str | None:
+    """The template of a string literal or f-string: literal braces doubled, each value as ``{its source}``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        pieces = [node.value.replace("{", "{{").replace("}", "}}")]
+        literal = node.value
+    elif isinstance(node, ast.JoinedStr):
+        pieces, literal = [], ""
+        for value in node.values:
+            if isinstance(value, ast.Constant):
+                pieces.append(value.value.replace("{", "{{").replace("}", "}}"))
+                literal += value.value
+            else:
+                source = ast.unparse(value.value)
+                pieces.append("{" + (source if "{" not in source and "}" not in source else "value") + "}")
+    else:
+        return None
+    return "".join(pieces) if _WORDS.search(literal) else None
+
+
+def extract_templates(package_dir: Path | None = None) -> dict[str, list[str]]:
+    """Every message template in the checkers' source, with where it occurs (``file:line``)."""
+    package_dir = package_dir or PACKAGE_DIR
+    found: dict[str, list[str]] = {}
+    for path in _message_files(package_dir):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        skip = _docstrings(tree)
+        inner = {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values}
+        for node in ast.walk(tree):
+            if id(node) in skip or id(node) in inner:
+                continue
+            template = _template(node)
+            if template is not None:
+                where = f"{path.relative_to(package_dir.parent)}:{node.lineno}"
+                found.setdefault(template, []).append(where)
+    return found
+
+
 def update_messages(templates: dict[str, list[str]], catalog, language: str) -> int:
     """Bring the checker-message catalog in line with the templates found in the source. Returns the changes."""
     polib = _polib()
@@ -229,13 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     report = commands.add_parser("status", help="how much of each chapter is translated")
     report.add_argument("language", nargs="?", choices=sorted(LANGUAGES))
     args = parser.parse_args(argv)
-    from course_utils import i18n
-
     sources = sorted(SOLUTIONS_NOTEBOOKS_DIR.glob("*.ipynb"))
-    templates = i18n.extract_templates()
+    templates = extract_templates()
     try:
         for language in [args.language] if args.language else languages():
-            target = TRANSLATIONS_DIR / language / i18n.CHECKS_CATALOG
+            target = TRANSLATIONS_DIR / language / CHECKS_CATALOG
             catalog = read_catalog(target)
             if args.command == "update":
                 changed = update_messages(templates, catalog, language)

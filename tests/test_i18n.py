@@ -4,10 +4,7 @@ import polib
 import pytest
 
 import course_utils
-from course_utils import (
-    checking,
-    i18n,
-)
+from course_utils import checking, i18n, translate
 
 
 @pytest.fixture(autouse=True)
@@ -103,7 +100,7 @@ def checks_catalog(tmp_path, monkeypatch):
 
 
 def test_templates_are_extracted_from_the_checkers_f_strings_without_docstrings():
-    templates = i18n.extract_templates()
+    templates = translate.extract_templates()
     assert "{what} must be a tensor (got {describe(actual)})." in templates
     assert any(
         where.startswith("course_utils/compare.py:")
@@ -119,7 +116,7 @@ def test_literal_braces_are_escaped_in_templates(tmp_path):
     (tmp_path / "checks").mkdir()
     (tmp_path / "checking.py").write_text('X = f"a dict {{k: v}} for {name} here"\n', encoding="utf-8")
     (tmp_path / "compare.py").write_text("", encoding="utf-8")
-    assert list(i18n.extract_templates(tmp_path)) == ["a dict {{k: v}} for {name} here"]
+    assert list(translate.extract_templates(tmp_path)) == ["a dict {{k: v}} for {name} here"]
 
 
 def test_a_failing_check_speaks_chinese_with_its_values_and_nested_phrases(checks_catalog):

@@ -219,5 +219,5 @@ def test_every_checker_message_has_a_translation(language):
     from course_utils import i18n
 
     catalog = translate.read_catalog(translate.TRANSLATIONS_DIR / language / i18n.CHECKS_CATALOG)
-    missing = translate.untranslated_messages(i18n.extract_templates(), catalog)
+    missing = translate.untranslated_messages(translate.extract_templates(), catalog)
     assert not missing, f"{len(missing)} checker messages have no {language} translation, e.g. {missing[:3]}"

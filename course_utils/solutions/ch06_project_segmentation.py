@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,60 +133,7 @@ def pretrain_classifier(
 
 
 CLASSIFIER_TRAINING: dict[str, int | float] = {"steps": 500, "batch_size": 32, "lr": 3e-3, "seed": 0}
-"""How the committed classifier was pretrained (``python -m course_utils.artifacts shapes_classifier``)."""
-
-
-def make_classifier_artifact(data_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Pretrain the classifier, save its state dict to ``data_dir`` atomically, and update its manifest entry.
-
-    Returns:
-        The new manifest entry.
-    """
-    from course_utils import artifacts
-
-    with ch2._torch_threads(1):  # one thread, as in the notebooks: the bytes depend on the thread count
-        model, history = pretrain_classifier(**CLASSIFIER_TRAINING, progress=progress)
-    images, masks = held_out_set(data.HELD_OUT_SIZE)
-    accuracy = classifier_accuracy(model, images, masks)
-    path = Path(data_dir) / CLASSIFIER_FILE
-    with tempfile.TemporaryDirectory(dir=data_dir) as scratch:  # same name inside the archive, atomic rename
-        temporary = Path(scratch) / CLASSIFIER_FILE
-        torch.save(model.state_dict(), temporary)
-        os.replace(temporary, path)
-    kwargs = ", ".join(f"{key}={value!r}" for key, value in CLASSIFIER_KWARGS.items())
-    entry = {
-        "description": (
-            f"State dict of chapter 6's pretrained classifier, course_utils.solutions.ch06_project_segmentation."
-            f"ShapesClassifier({kwargs}): stem, stage1..3 (chapter 2's DoubleConv and Down), pool, fc. Trained "
-            f"on {IMAGE_SIZE} x {IMAGE_SIZE} synthetic shapes to tell which of {', '.join(SHAPE_NAMES)} an image "
-            "holds (multi-label, BCE). Its trunk becomes the encoder of chapter 6's segmenter. Load it with "
-            "torch.load(path, weights_only=True, map_location='cpu'). Retraining gives an equivalent model whose "
-            "bytes can differ on another machine or thread count."
-        ),
-        "sha256": artifacts.sha256(path),
-        "bytes": path.stat().st_size,
-        "regenerate": "python -m course_utils.artifacts shapes_classifier",
-        "metadata": {
-            "constructor": f"{ShapesClassifier.__module__}.ShapesClassifier",
-            "constructor_kwargs": dict(CLASSIFIER_KWARGS),
-            "parameters": parameter_count(model),
-            "training": {
-                "function": f"{pretrain_classifier.__module__}.pretrain_classifier",
-                **CLASSIFIER_TRAINING,
-                "image_size": IMAGE_SIZE,
-                "threads": 1,
-                "seconds": round(history["seconds"], 1),
-                "final_loss": round(sum(history["loss"][-20:]) / 20, 4),
-            },
-            "held_out_accuracy": {
-                "held_out": f"course_utils.data.make_shapes(256, seed=HELD_OUT_SEED, image_size={IMAGE_SIZE})",
-                "per_shape": {name: round(v, 4) for name, v in zip(SHAPE_NAMES, accuracy.tolist(), strict=True)},
-            },
-            "torch": torch.__version__,
-        },
-    }
-    artifacts.write_entry(CLASSIFIER_FILE, entry, Path(data_dir))
-    return entry
+"""How the committed classifier was pretrained (``python -m course_utils.pretrained_classifier``)."""
 
 
 @torch.no_grad()
