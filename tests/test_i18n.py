@@ -9,9 +9,12 @@ from course_utils import checking, i18n, translate
 
 @pytest.fixture(autouse=True)
 def english_afterwards():
+    i18n._messages.cache_clear()
+    i18n._compiled.cache_clear()
     yield
     course_utils.set_language("en")
     i18n._messages.cache_clear()
+    i18n._compiled.cache_clear()
 
 
 @pytest.fixture
@@ -27,19 +30,30 @@ def catalog(tmp_path, monkeypatch):
 
 def test_english_is_the_default_and_returns_the_template_unchanged():
     assert course_utils.get_language() == "en"
-    assert i18n.gettext("{what} must be a tensor (got {got}).") == "{what} must be a tensor (got {got})."
+    assert i18n.translate_message("out must be a tensor (got None).") == "out must be a tensor (got None)."
 
 
 def test_set_language_switches_messages_to_the_catalog_translation(catalog):
     course_utils.set_language("zh")
-    message = i18n.gettext("{what} must be a tensor (got {got}).").format(what="out", got="None")
-    assert message == "out 必须是张量（得到 None）。"
+    assert i18n.translate_message("out must be a tensor (got None).") == "out 必须是张量（得到 None）。"
 
 
 def test_fuzzy_or_unknown_messages_fall_back_to_english(catalog):
     course_utils.set_language("zh")
-    assert i18n.gettext("Fuzzy one.") == "Fuzzy one."
-    assert i18n.gettext("Not in the catalog.") == "Not in the catalog."
+    assert i18n.translate_message("Fuzzy one.") == "Fuzzy one."
+    assert i18n.translate_message("Not in the catalog.") == "Not in the catalog."
+
+
+def test_a_broken_catalog_leaves_messages_in_english_instead_of_breaking_the_check(tmp_path, monkeypatch):
+    (tmp_path / "zh").mkdir()
+    (tmp_path / "zh" / i18n.CHECKS_CATALOG).write_text("garbage\n", encoding="utf-8")
+    monkeypatch.setattr(i18n, "TRANSLATIONS_DIR", tmp_path)
+    i18n._messages.cache_clear()
+    i18n._compiled.cache_clear()
+    course_utils.set_language("zh")
+    result = checking.run("ch98.triple", {"triple": lambda x: 5})
+    i18n._compiled.cache_clear()
+    assert result.message == "triple(2) returned int 5; expected 6."
 
 
 def test_setup_chooses_the_language(catalog):
