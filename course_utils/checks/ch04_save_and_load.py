@@ -12,7 +12,7 @@ import os
 import pickle
 import tempfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,28 @@ class PoisonedModel(nn.Module):
         state = self.inner.state_dict(*args, **kwargs)
         state["zz_unwritable"] = Unpicklable()
         return state
+
+
+def expect_failed_save_keeps_old_file(save: Callable[[], Any], path: Path, doing: str, hint: str) -> None:
+    """Run a learner's save that fails part-way (through :class:`PoisonedModel`); the old file must still load.
+
+    A save that reports no error is not judged here: other checks catch what it wrote (chapters 4 and 6).
+    """
+    try:
+        with step(doing):
+            save()
+    except Fail:
+        damaged = None
+        try:
+            torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as error:
+            damaged = error
+        expect(
+            damaged is None,
+            "A save that failed halfway (we made writing fail, as a full disk or a kill would) left the "
+            f"previous checkpoint unreadable ({type(damaged).__name__}: {first_line(damaged or Exception())}).",
+            hint,
+        )
 
 
 def _load_raw(path: Path, what: str) -> Any:
@@ -245,25 +267,13 @@ def _check_checkpoint(save_checkpoint: Any, load_checkpoint: Any) -> str:
 
         # A save that fails halfway (here: a value that cannot be pickled, as with a full disk) must leave the
         # previous checkpoint intact.
-        failed = False
-        try:
-            with step("calling save_checkpoint on a model whose state cannot be written"):
-                save_checkpoint(str(path), PoisonedModel(fresh), fresh_optimizer, _EPOCH + 1)
-        except Fail:
-            failed = True
-        if failed:
-            damaged = None
-            try:
-                torch.load(path, weights_only=True, map_location="cpu")
-            except Exception as error:
-                damaged = error
-            expect(
-                damaged is None,
-                "A save that failed halfway (we made writing fail, as a full disk or a kill would) left the "
-                f"previous checkpoint unreadable ({type(damaged).__name__}: {first_line(damaged or Exception())}).",
-                "Write to a temporary file in the same directory, then os.replace(temporary, path): "
-                "a failure then never touches the last good file.",
-            )
+        expect_failed_save_keeps_old_file(
+            lambda: save_checkpoint(str(path), PoisonedModel(fresh), fresh_optimizer, _EPOCH + 1),
+            path,
+            "calling save_checkpoint on a model whose state cannot be written",
+            "Write to a temporary file in the same directory, then os.replace(temporary, path): "
+            "a failure then never touches the last good file.",
+        )
 
         # A file that hides code must be refused, and the code never run.
         marker = folder / "payload-ran"

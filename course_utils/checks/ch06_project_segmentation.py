@@ -18,7 +18,7 @@ import torch.nn.functional as F  # noqa: N812 - the name every PyTorch codebase 
 from torch import nn
 
 from course_utils.checking import Fail, describe, exercise, expect, first_line, make_check, step
-from course_utils.checks.ch04_save_and_load import PoisonedModel
+from course_utils.checks.ch04_save_and_load import PoisonedModel, expect_failed_save_keeps_old_file
 from course_utils.compare import expect_function, expect_module_class, matches
 from course_utils.solutions import ch06_project_segmentation as ref
 
@@ -618,24 +618,12 @@ def _check_checkpoint(save_training_state: Any, load_training_state: Any) -> str
                 "Restore everything training changes: model (with its buffers), optimizer and scheduler.",
             )
 
-        failed = False
-        try:
-            with step("calling save_training_state on a model whose state cannot be written"):
-                save_training_state(str(path), PoisonedModel(fresh), fresh_optimizer, fresh_scheduler, 6)
-        except Fail:
-            failed = True
-        if failed:
-            damaged = None
-            try:
-                torch.load(path, weights_only=True, map_location="cpu")
-            except Exception as error:
-                damaged = error
-            expect(
-                damaged is None,
-                "A save that failed halfway (we made writing fail, as a full disk or a kill would) left the previous "
-                f"checkpoint unreadable ({type(damaged).__name__}: {first_line(damaged or Exception())}).",
-                "Write to a temporary file in the same folder, then os.replace(temporary, path) (chapter 4).",
-            )
+        expect_failed_save_keeps_old_file(
+            lambda: save_training_state(str(path), PoisonedModel(fresh), fresh_optimizer, fresh_scheduler, 6),
+            path,
+            "calling save_training_state on a model whose state cannot be written",
+            "Write to a temporary file in the same folder, then os.replace(temporary, path) (chapter 4).",
+        )
     return (
         "The training state restores model, optimizer, scheduler and step; resumed training matches uninterrupted "
         "training loss for loss; a failed save keeps the previous checkpoint."
