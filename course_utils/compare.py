@@ -6,7 +6,6 @@ what was expected and what was found.
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -44,12 +43,6 @@ def build(factory: Callable[..., Any], call: str, *args: Any, **kwargs: Any) -> 
     """Call a learner's class or function as ``call`` describes it, turning its errors into a Fail."""
     with step(f"calling {call}"):
         return factory(*args, **kwargs)
-
-
-def learner_copy(obj: Any, name: str) -> Any:
-    """A deep copy of a learner's object, so a checker never mutates the original."""
-    with step(f"copying {name}"):
-        return copy.deepcopy(obj)
 
 
 def expect_linear(layer: Any, in_features: int, out_features: int, where: str) -> None:
