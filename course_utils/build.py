@@ -292,6 +292,15 @@ def _dumps(nb: nbformat.NotebookNode) -> str:
 _SETUP_CALL = re.compile(r"\bcourse_utils\.setup\((\s*\))?")
 
 
+def _translate_check_results(nb: nbformat.NotebookNode, language: str) -> None:
+    """Show the stored check results of a translated edition in its language (the outputs are copied, not rerun)."""
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            shown = checking.translated_display(output.get("data", {}), language)
+            if shown is not None:
+                output["data"].update(shown)
+
+
 def _set_setup_language(nb: nbformat.NotebookNode, language: str) -> None:
     """Make the notebook's ``course_utils.setup(...)`` call choose ``language`` for checker messages."""
     for cell in nb.cells:
@@ -327,6 +336,7 @@ def translated_editions(
                 drift.append(str(error))
                 continue
             _set_setup_language(translated, language)
+            _translate_check_results(translated, language)
             rel = f"{out_dir.name}/{language}"
             _sync(source_dir / path.name, _dumps(translated), check, drift, f"{rel}/solutions/{path.name}")
             _sync(student_dir / path.name, _dumps(student_edition(translated)), check, drift, f"{rel}/{path.name}")

@@ -32,11 +32,12 @@ TIME_BUDGET_S = 2.0
 
 _ID_PATTERN = re.compile(r"^ch(\d+)\.[a-z][a-z0-9_]*$")
 _LABELS = {
-    "pass": "PASS",
-    "fail": "FAIL",
-    "not_attempted": "NOT ATTEMPTED",
-    "checker_error": "CHECKER ERROR",
+    "pass": i18n.N_("PASS"),
+    "fail": i18n.N_("FAIL"),
+    "not_attempted": i18n.N_("NOT ATTEMPTED"),
+    "checker_error": i18n.N_("CHECKER ERROR"),
 }
+_HINT = i18n.N_("Hint: ")  # with its punctuation: "提示："
 _ICONS = {"pass": "✔", "fail": "✘", "not_attempted": "○", "checker_error": "⚠"}
 _COLOURS = {  # (border, background)
     "pass": ("#2e7d32", "#e8f5e9"),
@@ -55,6 +56,7 @@ class CheckResult:
     status: str
     message: str
     hint: str | None = None
+    language: str = dataclasses.field(default=i18n.ENGLISH, compare=False)  # of the labels around the message
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -68,22 +70,28 @@ class CheckResult:
         return self.status == "pass"
 
     def __str__(self) -> str:
-        text = f"[{_LABELS[self.status]}] {self.exercise_id} ({self.title}): {self.message}"
+        text = f"[{self._label()}] {self.exercise_id} ({self.title}): {self.message}"
         if self.hint:
-            text += f"\n    Hint: {self.hint}"
+            text += f"\n    {self._word(_HINT)}{self.hint}"
         return text
+
+    def _word(self, english: str) -> str:
+        return i18n.translate_message(english, self.language)
+
+    def _label(self) -> str:
+        return self._word(_LABELS[self.status])
 
     def __repr__(self) -> str:  # what Jupyter shows as text/plain
         return str(self)
 
     def _repr_html_(self) -> str:
         border, background = _COLOURS[self.status]
-        hint = f"<br><i>Hint:</i> {html.escape(self.hint)}" if self.hint else ""
+        hint = f"<br><i>{html.escape(self._word(_HINT).rstrip())}</i> {html.escape(self.hint)}" if self.hint else ""
         return (
             f'<div class="course-check course-check-{self.status}" data-status="{self.status}" '
             f'style="border-left:4px solid {border};background:{background};color:#212121;'
             f'padding:6px 10px;margin:4px 0;font-family:sans-serif;line-height:1.4">'
-            f"<b>{_ICONS[self.status]} {_LABELS[self.status].capitalize()}</b> &middot; "
+            f"<b>{_ICONS[self.status]} {html.escape(self._label().capitalize())}</b> &middot; "
             f"<code>{html.escape(self.exercise_id)}</code> {html.escape(self.title)}<br>"
             f"{html.escape(self.message)}{hint}</div>"
         )
@@ -379,15 +387,43 @@ def run(exercise_id: str, namespace: Mapping[str, Any]) -> CheckResult:
     return _localized(_run(exercise_id, namespace))
 
 
-def _localized(result: CheckResult) -> CheckResult:
-    if i18n.get_language() == i18n.ENGLISH:
+def _localized(result: CheckResult, language: str | None = None) -> CheckResult:
+    language = language or i18n.get_language()
+    if language == i18n.ENGLISH:
         return result
     return dataclasses.replace(
         result,
-        title=i18n.translate_message(result.title),
-        message=i18n.translate_message(result.message),
-        hint=i18n.translate_message(result.hint),
+        title=i18n.translate_message(result.title, language),
+        message=i18n.translate_message(result.message, language),
+        hint=i18n.translate_message(result.hint, language),
+        language=language,
     )
+
+
+_SHOWN = re.compile(r"\[(?P<label>[A-Z ]+)\] (?P<id>ch\d+\.[a-z][a-z0-9_]*) \(")
+
+
+def translated_display(data: Mapping[str, Any], language: str) -> dict[str, str] | None:
+    """A check result stored in a notebook (its display data), shown in ``language``; None if it is not one.
+
+    The translated editions copy the English edition's outputs instead of running the notebooks again; this
+    renders the check results among them in the edition's language, from the same catalog the checkers use.
+    Anything that does not read back as exactly one English result is left alone (None).
+    """
+    text = data.get("text/plain")
+    found = _SHOWN.match(text) if isinstance(text, str) else None
+    statuses = {label: status for status, label in _LABELS.items()}
+    if found is None or found["label"] not in statuses or found["id"] not in registry():
+        return None
+    prefix = f"[{found['label']}] {found['id']} ({registry()[found['id']].title}): "
+    if not text.startswith(prefix):
+        return None
+    message, _, hint = text[len(prefix) :].partition(f"\n    {_HINT}")
+    result = CheckResult(found["id"], registry()[found["id"]].title, statuses[found["label"]], message, hint or None)
+    if str(result) != text or result._repr_html_() != data.get("text/html"):
+        return None
+    shown = _localized(result, language)
+    return {"text/html": shown._repr_html_(), "text/plain": str(shown)}
 
 
 def _run(exercise_id: str, namespace: Mapping[str, Any]) -> CheckResult:

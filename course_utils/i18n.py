@@ -13,15 +13,21 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
-from course_utils.translate import CHECKS_CATALOG, LANGUAGES, TRANSLATIONS_DIR, TranslationError, read_catalog
-
 ENGLISH = "en"
-__all__ = ["CHECKS_CATALOG", "ENGLISH", "available_languages", "get_language", "set_language", "translate_message"]
+__all__ = ["ENGLISH", "N_", "available_languages", "get_language", "set_language", "translate_message"]
 _state = {"language": os.environ.get("COURSE_UTILS_LANGUAGE", ENGLISH)}
+
+
+def N_(text: str) -> str:  # noqa: N802 - the name gettext tools know
+    """Mark a short string (a one-word label) for the catalog; it is translated where it is shown."""
+    return text
 
 
 def available_languages() -> list[str]:
     """English and every language the course can be translated into."""
+    # Imported here, not at the top: `python -m course_utils.translate` must not find it imported already.
+    from course_utils.translate import LANGUAGES
+
     return [ENGLISH, *LANGUAGES]
 
 
@@ -46,6 +52,8 @@ def get_language() -> str:
 
 @cache
 def _messages(language: str) -> dict[str, str]:
+    from course_utils.translate import CHECKS_CATALOG, TRANSLATIONS_DIR, TranslationError, read_catalog, usable_message
+
     path = TRANSLATIONS_DIR / language / CHECKS_CATALOG
     if not path.exists():
         return {}
@@ -53,7 +61,7 @@ def _messages(language: str) -> dict[str, str]:
         catalog = read_catalog(path)
     except TranslationError:  # a learner's check must still report, in English (tests/test_translate.py catches it)
         return {}
-    return {e.msgid: e.msgstr for e in catalog if e.msgstr and not e.fuzzy and not e.obsolete}
+    return {e.msgid: e.msgstr for e in catalog if usable_message(e)}
 
 
 # --- checker messages: English templates found in the source, matched at run time ----------------------

@@ -58,10 +58,11 @@ class Status:
     untranslated: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)  # the English changed and `update` has not been run
     missing: list[str] = field(default_factory=list)  # the cell has no unit at all
+    broken: dict[str, list[str]] = field(default_factory=dict)  # translated, but code or markup differs
 
     @property
     def complete(self) -> bool:
-        return not (self.fuzzy or self.untranslated or self.stale or self.missing)
+        return not (self.fuzzy or self.untranslated or self.stale or self.missing or self.broken)
 
     def problems(self) -> list[str]:
         """One phrase per kind of problem, naming the cells."""
@@ -71,7 +72,9 @@ class Status:
             (self.fuzzy, "English changed since translation: review the fuzzy units"),
             (self.untranslated, "not translated yet"),
         ]
-        return [f"{_cells(cells)}: {why}" for cells, why in kinds if cells]
+        found = [f"{_cells(cells)}: {why}" for cells, why in kinds if cells]
+        found += [f"cell {cell}: the translation {'; '.join(why)}" for cell, why in self.broken.items()]
+        return found
 
 
 def _cells(ids: list[str], limit: int = 5) -> str:
@@ -133,9 +136,72 @@ def status(nb: nbformat.NotebookNode, catalog) -> Status:
             result.fuzzy.append(cell.id)
         elif not entry.msgstr.strip():
             result.untranslated.append(cell.id)
+        elif problems := markup_problems(entry.msgid, entry.msgstr):
+            result.broken[cell.id] = problems
         else:
             result.translated.append(cell.id)
     return result
+
+
+# --- what a translation must keep: code, math, links, structure --------------------------------------------
+
+_FENCE = re.compile(r"^ {0,3}(```|~~~).*?^ {0,3}\1[ \t]*$", re.S | re.M)
+_CODE_SPAN = re.compile(r"(`+)(.+?)(?<!`)\1(?!`)", re.S)
+_MATH = re.compile(r"\$\$.+?\$\$|(?<![\\$])\$(?:[^$\n]|\n(?!\n))+?\$", re.S)  # inline math may wrap once
+_LINK_TARGET = re.compile(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+_HEADING = re.compile(r"^(#{1,6})\s", re.M)
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{[^{}]+\}")
+
+
+def _differs(what: str, english: list[str], translation: list[str]) -> str | None:
+    lost = [item for item in dict.fromkeys(english) if english.count(item) > translation.count(item)]
+    added = [item for item in dict.fromkeys(translation) if translation.count(item) > english.count(item)]
+    if not lost and not added:
+        return None
+    parts = [f"loses {what} {', '.join(map(repr, lost[:3]))}" if lost else "", ""]
+    parts[1] = f"adds {what} {', '.join(map(repr, added[:3]))}" if added else ""
+    return " and ".join(part for part in parts if part)
+
+
+def markup_problems(english: str, translation: str) -> list[str]:
+    """What a prose translation changed that it must keep: code blocks and spans, math, link targets, headings.
+
+    Returns one phrase per kind of difference (empty when the translation keeps them all). Code and identifiers
+    are never translated, so each code span of the English must appear in the translation as often.
+    """
+    problems = []
+    fences_en, fences_tr = _FENCE.findall(english), _FENCE.findall(translation)
+    blocks_en = [m.group(0) for m in _FENCE.finditer(english)]
+    blocks_tr = [m.group(0) for m in _FENCE.finditer(translation)]
+    if len(fences_en) != len(fences_tr) or blocks_en != blocks_tr:
+        problems.append("changes a fenced code block")
+    rest_en, rest_tr = _FENCE.sub("", english), _FENCE.sub("", translation)
+    checks = [
+        (
+            "code span",
+            [m.group(2) for m in _CODE_SPAN.finditer(rest_en)],
+            [m.group(2) for m in _CODE_SPAN.finditer(rest_tr)],
+        ),
+        ("math", _MATH.findall(_CODE_SPAN.sub("", rest_en)), _MATH.findall(_CODE_SPAN.sub("", rest_tr))),
+        ("link target", _LINK_TARGET.findall(rest_en), _LINK_TARGET.findall(rest_tr)),
+    ]
+    problems += [found for what, en, tr in checks if (found := _differs(what, en, tr))]
+    if _HEADING.findall(rest_en) != _HEADING.findall(rest_tr):
+        problems.append(f"has headings {_HEADING.findall(rest_tr)} where the English has {_HEADING.findall(rest_en)}")
+    return problems
+
+
+def placeholder_problems(template: str, translation: str) -> list[str]:
+    """What a checker-message translation changed that it must keep: its placeholders and code spans."""
+    problems = []
+    found = _differs("placeholder", _PLACEHOLDER.findall(template), _PLACEHOLDER.findall(translation))
+    if found:
+        problems.append(found)
+    spans_en = [m.group(2) for m in _CODE_SPAN.finditer(template)]
+    spans_tr = [m.group(2) for m in _CODE_SPAN.finditer(translation)]
+    if found := _differs("code span", spans_en, spans_tr):
+        problems.append(found)
+    return problems
 
 
 def update_catalog(nb: nbformat.NotebookNode, catalog, language: str, label: str) -> int:
@@ -226,7 +292,25 @@ def _template(node: ast.AST) -> str | None:
                 pieces.append("{" + (source if "{" not in source and "}" not in source else "value") + "}")
     else:
         return None
-    return "".join(pieces) if _WORDS.search(literal) else None
+    template = "".join(pieces)
+    return template if _WORDS.search(literal) and not _is_code(template) else None
+
+
+def _is_code(template: str) -> bool:
+    """Python code (a call, a statement) is shown as it is in every language: it is not a message to translate."""
+    try:
+        ast.parse(_PLACEHOLDER.sub("_", template).replace("{{", "{").replace("}}", "}"))
+    except SyntaxError:
+        return False
+    return True
+
+
+def _marks(node: ast.AST) -> bool:
+    """``N_("PASS")`` or ``i18n.N_("PASS")``: a short string marked for the catalog (see ``i18n.N_``)."""
+    if not (isinstance(node, ast.Call) and len(node.args) == 1 and isinstance(node.args[0], ast.Constant)):
+        return False
+    name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+    return name == "N_" and isinstance(node.args[0].value, str)
 
 
 def extract_templates(package_dir: Path | None = None) -> dict[str, list[str]]:
@@ -237,10 +321,11 @@ def extract_templates(package_dir: Path | None = None) -> dict[str, list[str]]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         skip = _docstrings(tree)
         inner = {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values}
+        marked = {id(node.args[0]) for node in ast.walk(tree) if _marks(node)}
         for node in ast.walk(tree):
             if id(node) in skip or id(node) in inner:
                 continue
-            template = _template(node)
+            template = node.value.replace("{", "{{").replace("}", "}}") if id(node) in marked else _template(node)
             if template is not None:
                 where = f"{path.relative_to(package_dir.parent)}:{node.lineno}"
                 found.setdefault(template, []).append(where)
@@ -269,9 +354,19 @@ def update_messages(templates: dict[str, list[str]], catalog, language: str) -> 
     return changed
 
 
+def usable_message(entry) -> bool:
+    """A checker-message unit that may be shown: translated, reviewed, current and with every placeholder."""
+    return (
+        bool(entry.msgstr.strip())
+        and not entry.fuzzy
+        and not entry.obsolete
+        and not placeholder_problems(entry.msgid, entry.msgstr)
+    )
+
+
 def untranslated_messages(templates: dict[str, list[str]], catalog) -> list[str]:
-    """The templates that have no reviewed translation in the catalog."""
-    done = {entry.msgid for entry in catalog if entry.msgstr.strip() and not entry.fuzzy and not entry.obsolete}
+    """The templates that have no usable translation in the catalog (see :func:`usable_message`)."""
+    done = {entry.msgid for entry in catalog if usable_message(entry)}
     return [template for template in templates if template not in done]
 
 

@@ -7,6 +7,16 @@ import pytest
 
 CHROMIUM = Path(os.environ.get("COURSE_CHROMIUM", "/usr/bin/chromium"))
 """Debian's Chromium: where it exists, tests/test_browser.py runs the student notebooks in JupyterLab."""
+CHROMIUM_ARGS = [  # as root, in a container, on a machine whose network is closed: no background connections
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 # Set before any course_utils import so every checker runs in strict mode.
 os.environ["COURSE_UTILS_STRICT"] = "1"

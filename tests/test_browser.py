@@ -17,24 +17,16 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import CHROMIUM
+from conftest import CHROMIUM, CHROMIUM_ARGS
 
-from course_utils import lab_settings
+from course_utils import i18n, lab_settings, translate
 from course_utils.paths import NOTEBOOKS_DIR, REPO_DIR
 
 STUDENTS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+# One chapter of each translated edition too: its prose and check results must render (CJK fonts included).
+TRANSLATED = [NOTEBOOKS_DIR / language / STUDENTS[0].name for language in translate.languages()]
 SCREENSHOTS = REPO_DIR / "screenshots"
 TOKEN = "course-browser-test"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SETTINGS = {  # user settings for the test's JupyterLab: render every cell, never fetch news
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
@@ -75,6 +67,23 @@ _WATCH_KERNEL_STATUS_JS = """() => {
   });
 }"""
 
+# Draw two different CJK characters in the font of the rendered Markdown: without a CJK font both come out as the
+# same "missing glyph" box (or nothing), so identical pixels mean the Chinese edition is unreadable.
+_CJK_GLYPHS_JS = """() => {
+  const el = document.querySelector('.jp-RenderedMarkdown');
+  const font = el ? getComputedStyle(el).fontFamily : 'sans-serif';
+  const draw = (ch) => {
+    const canvas = document.createElement('canvas');
+    canvas.width = 48; canvas.height = 48;
+    const ctx = canvas.getContext('2d');
+    ctx.font = `36px ${font}`;
+    ctx.fillText(ch, 4, 40);
+    return Array.from(ctx.getImageData(0, 0, 48, 48).data).join(',');
+  };
+  const first = draw('模'), second = draw('块'), missing = draw('\\u{10FFFD}');
+  return {font, distinct: first !== second, inked: /[1-9]/.test(first), notMissing: first !== missing};
+}"""
+
 _SCROLL_TO_FIRST_VISIBLE_JS = """(selector) => {
   const element = [...document.querySelectorAll(selector)].find(e => e.offsetParent !== null);
   if (element) element.scrollIntoView({block: 'center'});
@@ -100,6 +109,9 @@ def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
     for path in STUDENTS:
         shutil.copy(path, root / path.name)
+    for path in TRANSLATED:
+        (root / path.parent.name).mkdir(exist_ok=True)
+        shutil.copy(path, root / path.parent.name / path.name)
     settings = tmp_path_factory.mktemp("settings")
     for name, value in SETTINGS.items():
         target = settings / name
@@ -178,17 +190,19 @@ def _wait_until_done(page, timeout_s: float) -> dict:
         time.sleep(1)
 
 
-def _run_all_and_inspect(lab: str, browser, path: Path) -> None:
+def _run_all_and_inspect(lab: str, browser, path: Path, language: str = i18n.ENGLISH) -> None:
     """Open ``path`` in JupyterLab, run all cells, and check what the page shows."""
+    where = path.name if language == i18n.ENGLISH else f"{language}/{path.name}"
+    name = where.replace("/", "_").removesuffix(".ipynb")
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     try:
         # A fresh workspace per notebook: otherwise JupyterLab reopens every notebook opened before it.
-        page.goto(f"{lab}/lab/workspaces/{path.stem}/tree/{path.name}?reset&token={TOKEN}")
+        page.goto(f"{lab}/lab/workspaces/{name}/tree/{where}?reset&token={TOKEN}")
         page.wait_for_function(
             "(name) => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
             " return w && w.context && w.context.path === name && w.sessionContext.session"
             " && w.sessionContext.session.kernel && w.sessionContext.session.kernel.status === 'idle'; }",
-            arg=path.name,
+            arg=where,
             timeout=90_000,
         )
         page.evaluate(_WATCH_KERNEL_STATUS_JS)
@@ -197,7 +211,7 @@ def _run_all_and_inspect(lab: str, browser, path: Path) -> None:
         summary = _wait_until_done(page, timeout_s=480)
         status_parents = page.evaluate("() => window.courseStatusParents")
         SCREENSHOTS.mkdir(exist_ok=True)
-        shot = SCREENSHOTS / f"{path.stem}.png"
+        shot = SCREENSHOTS / f"{name}.png"
         page.screenshot(path=str(shot))
         for what, selector in (
             ("check", ".course-check"),
@@ -205,7 +219,9 @@ def _run_all_and_inspect(lab: str, browser, path: Path) -> None:
             ("progress", ".widget-progress"),
         ):
             if page.evaluate(_SCROLL_TO_FIRST_VISIBLE_JS, selector):
-                page.screenshot(path=str(SCREENSHOTS / f"{path.stem}_{what}.png"))
+                page.screenshot(path=str(SCREENSHOTS / f"{name}_{what}.png"))
+        glyphs = page.evaluate(_CJK_GLYPHS_JS)
+        labels = page.evaluate("() => [...document.querySelectorAll('.course-check b')].map(b => b.textContent)")
     finally:
         page.evaluate("() => window.jupyterapp && window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
         page.close()
@@ -228,6 +244,12 @@ def _run_all_and_inspect(lab: str, browser, path: Path) -> None:
     if any(c["widgets"] for c in summary["cells"]):
         assert summary["progressBars"] > 0, "progress bars did not render"
     assert shot.stat().st_size > 20_000, "the screenshot looks blank"
+    if language != i18n.ENGLISH:
+        label = i18n.translate_message("NOT ATTEMPTED", language)
+        assert labels and all(text.endswith(label) for text in labels), labels
+        assert glyphs["distinct"] and glyphs["inked"] and glyphs["notMissing"], (
+            f"Chinese characters do not render in {glyphs['font']}: apt-get install fonts-noto-cjk"
+        )
 
 
 class _NotebookInJupyterLab:
@@ -238,10 +260,21 @@ class _NotebookInJupyterLab:
         _run_all_and_inspect(lab, browser, self.path)
 
 
+class _TranslatedNotebookInJupyterLab:
+    path: Path
+
+    @pytest.mark.slow
+    def test_runs_all_and_shows_its_prose_and_check_results_in_its_language(self, lab, browser):
+        _run_all_and_inspect(lab, browser, self.path, language=self.path.parent.name)
+
+
 # One class per notebook: pytest-xdist's --dist loadscope spreads classes, not parametrized cases, over workers.
 for _path in STUDENTS:
     _name = "TestInJupyterLab_" + _path.stem
     globals()[_name] = type(_name, (_NotebookInJupyterLab,), {"path": _path})
+for _path in TRANSLATED:
+    _name = f"TestInJupyterLab_{_path.parent.name}_{_path.stem}"
+    globals()[_name] = type(_name, (_TranslatedNotebookInJupyterLab,), {"path": _path})
 
 
 def test_the_student_notebooks_to_open_exist():

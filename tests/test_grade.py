@@ -24,7 +24,7 @@ from submissions import (
     with_cell,
 )
 
-from course_utils import checking, grade
+from course_utils import checking, grade, translate
 
 NAME = "01_model_definition.ipynb"
 FULL_MARKS = sum(ex.points for ex in checking.chapter_exercises(1))
@@ -222,8 +222,8 @@ def test_feedback_pages_are_written_in_the_submissions_language(tmp_path, monkey
         ("Hint: {r['hint']}", "提示：{r['hint']}"),
     ]:
         po.append(polib.POEntry(msgid=english, msgstr=chinese))
-    po.save(str(tmp_path / "zh" / i18n.CHECKS_CATALOG))
-    monkeypatch.setattr(i18n, "TRANSLATIONS_DIR", tmp_path)
+    po.save(str(tmp_path / "zh" / translate.CHECKS_CATALOG))
+    monkeypatch.setattr(translate, "TRANSLATIONS_DIR", tmp_path)
     i18n._messages.cache_clear()
     i18n._compiled.cache_clear()
     result = {"id": "ch1.build_mlp", "title": "构建 MLP", "points": 2, "status": "fail", "message": "层没有名字。"}

@@ -23,8 +23,8 @@ def catalog(tmp_path, monkeypatch):
     po = polib.POFile()
     po.append(polib.POEntry(msgid="{what} must be a tensor (got {got}).", msgstr="{what} 必须是张量（得到 {got}）。"))
     po.append(polib.POEntry(msgid="Fuzzy one.", msgstr="不可用。", flags=["fuzzy"]))
-    po.save(str(tmp_path / "zh" / i18n.CHECKS_CATALOG))
-    monkeypatch.setattr(i18n, "TRANSLATIONS_DIR", tmp_path)
+    po.save(str(tmp_path / "zh" / translate.CHECKS_CATALOG))
+    monkeypatch.setattr(translate, "TRANSLATIONS_DIR", tmp_path)
     i18n._messages.cache_clear()
 
 
@@ -46,8 +46,8 @@ def test_fuzzy_or_unknown_messages_fall_back_to_english(catalog):
 
 def test_a_broken_catalog_leaves_messages_in_english_instead_of_breaking_the_check(tmp_path, monkeypatch):
     (tmp_path / "zh").mkdir()
-    (tmp_path / "zh" / i18n.CHECKS_CATALOG).write_text("garbage\n", encoding="utf-8")
-    monkeypatch.setattr(i18n, "TRANSLATIONS_DIR", tmp_path)
+    (tmp_path / "zh" / translate.CHECKS_CATALOG).write_text("garbage\n", encoding="utf-8")
+    monkeypatch.setattr(translate, "TRANSLATIONS_DIR", tmp_path)
     i18n._messages.cache_clear()
     i18n._compiled.cache_clear()
     course_utils.set_language("zh")
@@ -96,6 +96,9 @@ _ZH = {
         "{doing} 时抛出 {type(error).__name__}：{first_line(error)}"
     ),
     "calling triple(2)": "调用 triple(2)",
+    "FAIL": "未通过",
+    "PASS": "通过",
+    "Hint: ": "提示：",
 }
 
 
@@ -105,8 +108,8 @@ def checks_catalog(tmp_path, monkeypatch):
     po = polib.POFile()
     for english, chinese in _ZH.items():
         po.append(polib.POEntry(msgid=english, msgstr=chinese))
-    po.save(str(tmp_path / "zh" / i18n.CHECKS_CATALOG))
-    monkeypatch.setattr(i18n, "TRANSLATIONS_DIR", tmp_path)
+    po.save(str(tmp_path / "zh" / translate.CHECKS_CATALOG))
+    monkeypatch.setattr(translate, "TRANSLATIONS_DIR", tmp_path)
     i18n._messages.cache_clear()
     i18n._compiled.cache_clear()
     yield
@@ -149,6 +152,18 @@ def test_a_learners_exception_keeps_its_own_text_inside_the_translated_sentence(
     assert result.message == "调用 triple(2) 时抛出 ZeroDivisionError：division by zero"
 
 
+def test_the_status_label_and_the_word_hint_are_in_the_language_of_the_result(checks_catalog):
+    english = checking.run("ch98.triple", {"triple": lambda x: 5})
+    course_utils.set_language("zh")
+    failed = checking.run("ch98.triple", {"triple": lambda x: 5})
+    assert str(english).startswith("[FAIL] ch98.triple (Triple a number): ") and "\n    Hint: Multiply" in str(english)
+    assert str(failed) == "[未通过] ch98.triple (把数乘以三): triple(2) 返回了 int 5；应为 6。\n    提示：乘以 3。"
+    assert "<b>✘ 未通过</b>" in failed._repr_html_() and "<i>提示：</i> 乘以 3。" in failed._repr_html_()
+    assert str(checking.run("ch98.triple", {"triple": lambda x: 3 * x})).startswith("[通过] ch98.triple (把数乘以三)")
+    course_utils.set_language("en")
+    assert str(english).startswith("[FAIL]"), "a result keeps the language it was made in"
+
+
 def test_english_results_are_untouched_and_unknown_messages_stay_english(checks_catalog):
     assert checking.run("ch98.triple", {"triple": lambda x: 5}).message == "triple(2) returned int 5; expected 6."
     course_utils.set_language("zh")
@@ -160,8 +175,8 @@ def test_the_most_specific_template_wins(tmp_path, monkeypatch):
     po = polib.POFile()
     po.append(polib.POEntry(msgid="{a} failed.", msgstr="{a} 失败。"))
     po.append(polib.POEntry(msgid="{a} failed to load {b}.", msgstr="{a} 无法加载 {b}。"))
-    po.save(str(tmp_path / "zh" / i18n.CHECKS_CATALOG))
-    monkeypatch.setattr(i18n, "TRANSLATIONS_DIR", tmp_path)
+    po.save(str(tmp_path / "zh" / translate.CHECKS_CATALOG))
+    monkeypatch.setattr(translate, "TRANSLATIONS_DIR", tmp_path)
     i18n._messages.cache_clear()
     i18n._compiled.cache_clear()
     assert i18n.translate_message("Net failed to load x.pt.", "zh") == "Net 无法加载 x.pt。"

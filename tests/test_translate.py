@@ -1,5 +1,6 @@
 """Tests for course_utils.translate and the translated editions that course_utils.build writes."""
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -29,8 +30,14 @@ def _catalog(nb: nbformat.NotebookNode, translations: dict[str, str] | None = No
     catalog = translate.read_catalog(Path("/nonexistent/catalog.po"))
     translate.update_catalog(nb, catalog, "zh", "solutions/01_x.ipynb")
     for entry in catalog:
-        entry.msgstr = (translations or {}).get(entry.msgctxt, f"【{entry.msgctxt}】")
+        entry.msgstr = (translations or {}).get(entry.msgctxt, _stand_in(entry))
     return catalog
+
+
+def _stand_in(entry) -> str:
+    """A translation that keeps the English headings' levels, as a real one must."""
+    headings = [line.split(" ", 1)[0] + f" 【{entry.msgctxt}】" for line in entry.msgid.splitlines() if line[:1] == "#"]
+    return "\n".join([*headings, f"【{entry.msgctxt}】"])
 
 
 def test_update_makes_one_unit_per_prose_cell_keyed_by_its_id_with_the_english_as_msgid():
@@ -60,7 +67,11 @@ def test_a_catalog_survives_a_round_trip_through_its_file(tmp_path):
 def test_translated_notebook_changes_only_the_prose():
     nb = _notebook()
     zh = translate.translated_notebook(nb, _catalog(nb), "zh", "solutions/01_x.ipynb")
-    assert [c.source for c in zh.cells if c.cell_type == "markdown"] == ["【title】", "【s1】", "   "]
+    assert [c.source for c in zh.cells if c.cell_type == "markdown"] == [
+        "# 【title】\n【title】",
+        "## 【s1】\n【s1】",
+        "   ",
+    ]
     assert [c.id for c in zh.cells] == [c.id for c in nb.cells]
     code = [(c.source, c.outputs, c.execution_count) for c in zh.cells if c.cell_type == "code"]
     assert code == [(c.source, c.outputs, c.execution_count) for c in nb.cells if c.cell_type == "code"]
@@ -83,7 +94,7 @@ def test_an_english_change_after_translation_is_stale_until_update_and_then_fuzz
     assert translate.update_catalog(nb, catalog, "zh", "x") == 1
     (entry,) = [e for e in catalog if e.msgctxt == "s1"]
     assert entry.fuzzy and entry.previous_msgid == "## 1. Layers\nA layer is a module."
-    assert entry.msgstr == "【s1】", "the old translation is kept for the translator to revise"
+    assert entry.msgstr == "## 【s1】\n【s1】", "the old translation is kept for the translator to revise"
     with pytest.raises(TranslationError, match=r"cell s1: English changed since translation: review the fuzzy"):
         translate.translated_notebook(nb, catalog, "zh", "x")
 
@@ -151,7 +162,7 @@ def test_build_writes_both_chinese_editions_from_a_complete_catalog(book):
     assert zh_cells["setup"].source == 'import course_utils\n\ncourse_utils.setup(language="zh")'
     assert zh_cells["s1-code"].outputs == nb.cells[3].outputs, "outputs are copied, not re-executed"
     student_cells = {cell.id: cell for cell in zh_student.cells}
-    assert student_cells["s1"].source == "【s1】" and student_cells["s1-code"].outputs == []
+    assert student_cells["s1"].source == "## 【s1】\n【s1】" and student_cells["s1-code"].outputs == []
     assert build.build(check=True, source_dir=source, out_dir=out, translations_dir=translations) == []
 
 
@@ -216,8 +227,90 @@ def test_the_message_catalog_follows_the_templates_in_the_source():
 
 @pytest.mark.parametrize("language", translate.languages())
 def test_every_checker_message_has_a_translation(language):
-    from course_utils import i18n
-
-    catalog = translate.read_catalog(translate.TRANSLATIONS_DIR / language / i18n.CHECKS_CATALOG)
+    catalog = translate.read_catalog(translate.TRANSLATIONS_DIR / language / translate.CHECKS_CATALOG)
     missing = translate.untranslated_messages(translate.extract_templates(), catalog)
     assert not missing, f"{len(missing)} checker messages have no {language} translation, e.g. {missing[:3]}"
+
+
+@pytest.mark.parametrize(
+    ("translation", "problem"),
+    [
+        ("用 `nn.Linear` 构建。", r"loses code span 'nn.Sequential'"),
+        ("用 `nn.Sequential` 和 `nn.ReLU` 构建，`nn.Linear`。", r"adds code span 'nn.ReLU'"),
+        ("用 `nn.Sequential` 构建 `nn.Linear`。\n\n```python\nnet = nn.Sequential() # 网络\n```", r"fenced code"),
+        ("用 `nn.Sequential` 构建 `nn.Linear`，$y = Wx$。\n\n```python\nnet = nn.Sequential()\n```", r"loses math"),
+        ("## 用 `nn.Sequential` 构建 `nn.Linear`，$y = Wx + b$。\n\n```python\nnet = nn.Sequential()\n```", "headings"),
+    ],
+)
+def test_a_translation_that_changes_code_math_or_structure_is_broken(translation, problem):
+    english = "Build `nn.Linear` with `nn.Sequential`, $y = Wx + b$.\n\n```python\nnet = nn.Sequential()\n```"
+    problems = translate.markup_problems(english, translation)
+    assert any(re.search(problem, p) for p in problems), problems
+
+
+def test_inline_math_may_wrap_once_and_a_translation_must_keep_it():
+    english = "The gradient $\\partial L / \\partial x =\n\\sum_i w_i$ sums over $i$."
+    assert translate.markup_problems(english, "梯度 $\\partial L / \\partial x =\n\\sum_i w_i$ 对 $i$ 求和。") == []
+    assert translate.markup_problems(english, "梯度 $\\partial L$ 对 $i$ 求和。") != []
+
+
+def test_a_translation_may_move_code_spans_and_keep_the_fence_verbatim():
+    english = "Build `nn.Linear` with `nn.Sequential`, $y = Wx + b$.\n\n```python\nnet = nn.Sequential()\n```"
+    chinese = "用 `nn.Sequential` 构建 `nn.Linear`，$y = Wx + b$。\n\n```python\nnet = nn.Sequential()\n```"
+    assert translate.markup_problems(english, chinese) == []
+
+
+def test_a_broken_translation_stops_the_build_and_names_the_cell():
+    nb = _notebook()
+    nb.cells[2].source = "## 1. Layers\nA layer holds `nn.Parameter` objects."
+    catalog = _catalog(nb, {"title": "# 第 1 章 · 模块", "s1": "## 1. 层\n层保存参数对象。"})
+    with pytest.raises(TranslationError, match=r"cell s1: the translation loses code span 'nn.Parameter'"):
+        translate.translated_notebook(nb, catalog, "zh", "x")
+
+
+@pytest.mark.parametrize(
+    ("translation", "usable"),
+    [
+        ("{what} 必须是张量（得到 {got}）。", True),
+        ("{what} 必须是张量。", False),  # the value the learner passed is lost
+        ("{what} 必须是张量（得到 {got}，{got}）。", False),
+        ("{waht} 必须是张量（得到 {got}）。", False),
+    ],
+)
+def test_a_message_translation_must_keep_every_placeholder(translation, usable):
+    catalog = translate.read_catalog(Path("/nonexistent.po"))
+    templates = {"{what} must be a tensor (got {got}).": ["course_utils/compare.py:97"]}
+    translate.update_messages(templates, catalog, "zh")
+    catalog[0].msgstr = translation
+    assert translate.usable_message(catalog[0]) is usable
+    assert (translate.untranslated_messages(templates, catalog) == []) is usable
+
+
+def test_code_is_not_a_message_and_short_labels_are_marked(tmp_path):
+    package = tmp_path / "course_utils"
+    package.mkdir()
+    (package / "checking.py").write_text(
+        "from course_utils import i18n\n"
+        "LABEL = i18n.N_('PASS')\n"
+        "A = f'{call} returned {n} tensors.'\n"
+        "B = 'nn.Linear(4, 8)'\n"
+        "C = f'self.up = {expected}'\n"
+        "D = 'x'\n",
+        encoding="utf-8",
+    )
+    assert sorted(translate.extract_templates(package)) == ["PASS", "{call} returned {n} tensors."]
+
+
+@pytest.mark.parametrize("language", translate.languages())
+def test_every_translated_cell_keeps_the_code_and_markup_of_its_english(language):
+    import nbformat
+
+    from course_utils.paths import SOLUTIONS_NOTEBOOKS_DIR
+
+    broken = {}
+    for path in sorted(SOLUTIONS_NOTEBOOKS_DIR.glob("*.ipynb")):
+        catalog = translate.read_catalog(translate.catalog_path(language, path))
+        found = translate.status(nbformat.read(path, as_version=4), catalog)
+        broken |= {f"{path.stem}:{cell}": why for cell, why in found.broken.items()}
+        assert not (found.missing or found.untranslated or found.fuzzy or found.stale), found.problems()
+    assert not broken, broken
