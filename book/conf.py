@@ -77,5 +77,26 @@ def _copy_mathjax(app, exception):
             shutil.copy2(source / part, target / part)
 
 
+def _chinese_search():
+    """Sphinx 9.0.4's Chinese search ships the English stemmer but binds ``ChineseStemmer``, which no file defines:
+    every Chinese page then fails with "ChineseStemmer is not defined". Bind the stemmer it ships."""
+    from sphinx.search import _MINIFIED_JS_PATH
+    from sphinx.search.zh import SearchChinese
+
+    class SearchChineseWithItsStemmer(SearchChinese):
+        js_stemmer_rawcode = ""  # the stemmer comes inline, in js_stemmer_code
+        js_stemmer_code = "\n".join(
+            [
+                (_MINIFIED_JS_PATH / "base-stemmer.js").read_text(encoding="utf-8"),
+                (_MINIFIED_JS_PATH / "english-stemmer.js").read_text(encoding="utf-8"),
+                "window.Stemmer = EnglishStemmer;",
+            ]
+        )
+
+    return SearchChineseWithItsStemmer
+
+
 def setup(app):
     app.connect("build-finished", _copy_mathjax)
+    if language == "zh":
+        app.add_search_language(_chinese_search())

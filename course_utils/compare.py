@@ -67,7 +67,9 @@ def expect_same_keys(module: nn.Module, reference: nn.Module, what: str, hint: s
             parts.append(f"missing {_listing(missing)}")
         if extra:
             parts.append(f"unexpected {_listing(extra)}")
-        raise Fail(f"The state dict of {what} has {' and '.join(parts)}.", hint)
+        if len(parts) == 2:
+            raise Fail(f"The state dict of {what} has {parts[0]} and {parts[1]}.", hint)
+        raise Fail(f"The state dict of {what} has {parts[0]}.", hint)
     for key, value in theirs.items():
         expect(
             mine[key].shape == value.shape,

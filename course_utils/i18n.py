@@ -73,6 +73,25 @@ def _messages(language: str) -> dict[str, str]:
 # placeholders. At run time a finished English message is matched against the templates, and each
 # placeholder's value is translated in turn (it may itself be a message).
 
+_EMBEDS_ERROR = re.compile(r"first_line\(|str\(error\)")
+_OUTERMOST = re.compile(
+    r"^\{(doing|failure\.message)\}$|first_line\(|str\(error\)"
+)  # "{doing} raised ...", "{doing} did not finish"
+
+
+def _nested(depth: int) -> str:
+    """A regex for one unit of text whose brackets are balanced up to ``depth`` levels deep."""
+    plain = r"[^()\[\]{}]"
+    if depth == 0:
+        return plain
+    inner = _nested(depth - 1)
+    return rf"(?:{plain}|\({inner}*\)|\[{inner}*\]|\{{{inner}*\}})"
+
+
+# A value (a call, a list, a shape) never splits inside its own brackets: "After {call}, ..." must take all of
+# "freeze_until(resnet, 'layer3')", not stop at its first comma. An exception's text can hold anything.
+_BALANCED = _nested(4)
+_ANY = "(?:.)"
 _PIECE = re.compile(r"(\{\{|\}\}|\{[^{}]+\})")
 
 
@@ -104,7 +123,8 @@ def _compile(template: str, translation: str) -> _Compiled:
             if piece in names:  # the same value twice: it must be the same text twice
                 regex += f"(?P={_group(names.index(piece))})"
                 continue
-            regex += f"(?P<{_group(len(names))}>.*?)"
+            value = _ANY if _EMBEDS_ERROR.search(piece) else _BALANCED
+            regex += f"(?P<{_group(len(names))}>{value}*?)"
             names.append(piece)
         else:
             regex += re.escape(_unescape(piece))
@@ -124,7 +144,9 @@ def _compiled(language: str) -> tuple[dict[str, str], list[_Compiled]]:
             templates.append(_compile(english, translation))
         else:
             exact["".join(_unescape(p) for p in _pieces(english))] = "".join(_unescape(p) for p in _pieces(translation))
-    templates.sort(key=lambda t: -t.literal_length)  # the most specific template wins
+    # A template that wraps a step ("{doing} raised {type}: {first_line(error)}", "{doing} did not finish ...") is the
+    # outermost of any message it matches: an exception's text can hold anything. Otherwise the most specific wins.
+    templates.sort(key=lambda t: (not any(_OUTERMOST.search(name) for name in t.names), -t.literal_length))
     return exact, templates
 
 
@@ -150,5 +172,13 @@ def translate_message(message: str | None, language: str | None = None, _depth: 
                 out.append(translate_message(values[piece], language, _depth + 1))
             else:
                 out.append(_unescape(piece))
-        return "".join(out)
+        joined = "".join(out)
+        return _SPACING[language](joined) if _depth == 0 and language in _SPACING else joined
     return message
+
+
+# Values are put into templates with a space on each side, which Chinese wants next to Latin text and code
+# ("调用 build_mlp([]) 时") but not between two Chinese characters ("读取状态字典 时" -> "读取状态字典时").
+_CJK = "\u3000-\u303f\u4e00-\u9fff\uff00-\uffef"  # CJK punctuation, ideographs, full-width forms
+_BETWEEN_CJK = re.compile(f"(?<=[{_CJK}]) +(?=[{_CJK}])")
+_SPACING = {"zh": lambda text: _BETWEEN_CJK.sub("", text)}

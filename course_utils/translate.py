@@ -256,6 +256,8 @@ def translated_notebook(nb: nbformat.NotebookNode, catalog, language: str, label
 
 MESSAGE_SOURCES = ("checking.py", "compare.py", "checks", "grade.py")
 _WORDS = re.compile(r"[A-Za-z]{2,}\W+[A-Za-z]{2,}")
+_SPACED = re.compile(r"(?=.*[A-Za-z]{3})\b[A-Za-z][A-Za-z0-9]*\s+[A-Za-z][A-Za-z0-9]*\b")  # "halves H and W"
+_TAG = re.compile(r"<[^<>]*>|&[a-z]+;")  # HTML tags and entities are not words
 
 
 def _message_files(package_dir: Path) -> list[Path]:
@@ -276,30 +278,62 @@ def _docstrings(tree: ast.AST) -> set[int]:
     return found
 
 
-def _template(node: ast.AST) -> str | None:
-    """The template of a string literal or f-string: literal braces doubled, each value as ``{its source}``."""
+def _is_text(node: ast.AST) -> bool:
+    return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
+
+
+def _is_concatenation(node: ast.AST) -> bool:
+    """``"text " + f"more {x}"`` or ``f"{a} went wrong: " + why``: one message written in parts."""
+    return (
+        isinstance(node, ast.BinOp)
+        and isinstance(node.op, ast.Add)
+        and (_is_text(node.left) or _is_text(node.right) or _is_concatenation(node.left))
+    )
+
+
+def _parts(node: ast.AST) -> list[tuple[str, str]]:
+    """A message's parts in order: ``("text", literal)`` or ``("value", source)``."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        pieces = [node.value.replace("{", "{{").replace("}", "}}")]
-        literal = node.value
-    elif isinstance(node, ast.JoinedStr):
-        pieces, literal = [], ""
-        for value in node.values:
-            if isinstance(value, ast.Constant):
-                pieces.append(value.value.replace("{", "{{").replace("}", "}}"))
-                literal += value.value
-            else:
-                source = ast.unparse(value.value)
-                pieces.append("{" + (source if "{" not in source and "}" not in source else "value") + "}")
-    else:
+        return [("text", node.value)]
+    if isinstance(node, ast.JoinedStr):
+        return [part for value in node.values for part in _parts(value)]
+    if isinstance(node, ast.FormattedValue):
+        return [("value", ast.unparse(node.value))]
+    if _is_concatenation(node):
+        return _parts(node.left) + _parts(node.right)
+    return [("value", ast.unparse(node))]
+
+
+def _template(node: ast.AST) -> str | None:
+    """The template of a string literal, f-string or concatenation of them: literal braces doubled, each value as
+    ``{its source}`` (``{value}``, ``{value2}`` ... where the source has braces of its own)."""
+    if not (_is_text(node) or _is_concatenation(node)):
         return None
+    pieces, literal, unnamed = [], "", 0
+    for kind, text in _parts(node):
+        if kind == "text":
+            pieces.append(text.replace("{", "{{").replace("}", "}}"))
+            literal += text
+        elif "{" in text or "}" in text:
+            unnamed += 1
+            pieces.append("{value}" if unnamed == 1 else f"{{value{unnamed}}}")
+        else:
+            pieces.append("{" + text + "}")
     template = "".join(pieces)
-    return template if _WORDS.search(literal) and not _is_code(template) else None
+    # A message has two words, or one word and a value ("{doing} raised {error}"), not counting HTML tags and
+    # keyword arguments (", stride={stride}"); code is not a message.
+    text = _TAG.sub(" ", literal)
+    one_word = len(pieces) > 1 and re.search(r"[A-Za-z]{2,}", text) and not re.search(r"[A-Za-z_]=", text)
+    return template if (_WORDS.search(text) or _SPACED.search(text) or one_word) and not _is_code(template) else None
 
 
 def _is_code(template: str) -> bool:
     """Python code (a call, a statement) is shown as it is in every language: it is not a message to translate."""
+    text = _PLACEHOLDER.sub("_", template).replace("{{", "{").replace("}}", "}")
+    if not re.search(r"[()\[\]=._/,-]", text):  # "not finite" parses too, but words alone are a phrase
+        return False
     try:
-        ast.parse(_PLACEHOLDER.sub("_", template).replace("{{", "{").replace("}}", "}"))
+        ast.parse(text)
     except SyntaxError:
         return False
     return True
@@ -313,6 +347,17 @@ def _marks(node: ast.AST) -> bool:
     return name == "N_" and isinstance(node.args[0].value, str)
 
 
+def _is_pattern(node: ast.AST) -> bool:
+    """``re.compile(r"...")`` and friends: a regular expression, not a message."""
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "re"
+        and bool(node.args)
+    )
+
+
 def extract_templates(package_dir: Path | None = None) -> dict[str, list[str]]:
     """Every message template in the checkers' source, with where it occurs (``file:line``)."""
     package_dir = package_dir or PACKAGE_DIR
@@ -321,7 +366,9 @@ def extract_templates(package_dir: Path | None = None) -> dict[str, list[str]]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         skip = _docstrings(tree)
         inner = {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values}
+        inner |= {id(part) for node in ast.walk(tree) if _is_concatenation(node) for part in (node.left, node.right)}
         marked = {id(node.args[0]) for node in ast.walk(tree) if _marks(node)}
+        skip |= {id(node.args[0]) for node in ast.walk(tree) if _is_pattern(node)}
         for node in ast.walk(tree):
             if id(node) in skip or id(node) in inner:
                 continue

@@ -451,7 +451,12 @@ def test_a_second_language_gets_its_own_tree_and_every_page_links_its_twin(tmp_p
 
 
 @pytest.mark.slow
-def test_a_single_language_site_shows_no_language_switch(site):
+def test_a_single_language_site_shows_no_language_switch(site, tmp_path):
+    if (site / "zh").is_dir():  # the course's own site has both: build an English-only one
+        assert "course-language-switch" in (site / "index.html").read_text(encoding="utf-8")
+        site = tmp_path / "html"
+        book.build_book(site, work_dir=tmp_path / "work", languages=book.LANGUAGES[:1])
+    assert not (site / "zh").exists()
     assert "course-language-switch" not in (site / "index.html").read_text(encoding="utf-8")
 
 
@@ -584,11 +589,27 @@ def test_a_chapter_in_chromium_draws_its_plots_and_colours_its_check_results(bro
 
 
 @pytest.mark.slow
+def test_the_chinese_search_index_holds_chinese_words(site):
+    if not (site / "zh").is_dir():
+        pytest.skip("no Chinese edition")
+    text = (site / "zh" / "searchindex.js").read_text(encoding="utf-8")
+    index = json.loads(text[text.index("(") + 1 : text.rindex(")")])
+    found = set()
+    for kind in ("terms", "titleterms"):  # jieba splits the text; without it no Chinese word is indexed
+        documents = index[kind].get("检查点", [])
+        found |= set(documents if isinstance(documents, list) else [documents])
+    assert "04_save_and_load" in {index["docnames"][i] for i in found}
+
+
+@pytest.mark.slow
 @pytest.mark.browser
-def test_searching_for_state_dict_finds_chapter_4(browser, served):
+@pytest.mark.parametrize(("page", "query"), [("search.html", "state_dict"), ("zh/search.html", "检查点")])
+def test_searching_finds_chapter_4_in_each_language(browser, served, site, page, query):
+    if not (site / page).exists():
+        pytest.skip("no Chinese edition")
     visit = _Visit(browser, served)
     try:
-        visit.open("search.html?q=state_dict")
+        visit.open(f"{page}?q={urllib.parse.quote(query)}")
         visit.page.wait_for_selector("#search-results .search-summary:has-text('found')", timeout=30_000)
         results = visit.page.eval_on_selector_all("#search-results ul.search li a", "as => as.map(a => a.href)")
         assert not visit.problems, visit.problems

@@ -36,6 +36,14 @@ def _notebook(*sources: str) -> nbformat.NotebookNode:
     return nb
 
 
+@pytest.fixture(autouse=True)
+def no_translations(tmp_path, monkeypatch):
+    """These tests build made-up notebooks: the course's own catalogs do not translate them (test_translate.py)."""
+    from course_utils import translate
+
+    monkeypatch.setattr(translate, "TRANSLATIONS_DIR", tmp_path / "no-translations")
+
+
 @pytest.fixture
 def dirs(tmp_path: Path) -> tuple[Path, Path]:
     source, out = tmp_path / "solutions", tmp_path / "student"

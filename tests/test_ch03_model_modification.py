@@ -81,7 +81,7 @@ def test_replace_head_that_only_knows_fc_fails_on_a_vgg() -> None:
         return model
 
     expect_failure(
-        run("ch3.replace_head", replace_head=replace_head), "on a VGG raised AttributeError", "Not every model"
+        run("ch3.replace_head", replace_head=replace_head), "on a VGG model raised AttributeError", "Not every model"
     )
 
 

@@ -144,7 +144,7 @@ def test_a_segmenter_with_the_trunk_under_other_names_fails():
             self.encoder = self.backbone
             return super().forward(x)
 
-    _expect_fail(_run("ch6.segmenter", Segmenter=Segmenter), "has no encoder.stem", "found backbone.stem")
+    _expect_fail(_run("ch6.segmenter", Segmenter=Segmenter), "has no encoder.stem", "it has backbone.stem")
 
 
 def test_a_segmenter_with_the_skips_in_the_wrong_order_fails():

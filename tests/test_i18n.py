@@ -102,16 +102,20 @@ _ZH = {
 }
 
 
-@pytest.fixture
-def checks_catalog(tmp_path, monkeypatch):
+def _catalog_of(tmp_path, monkeypatch, units: dict[str, str]) -> None:
     (tmp_path / "zh").mkdir()
     po = polib.POFile()
-    for english, chinese in _ZH.items():
+    for english, chinese in units.items():
         po.append(polib.POEntry(msgid=english, msgstr=chinese))
     po.save(str(tmp_path / "zh" / translate.CHECKS_CATALOG))
     monkeypatch.setattr(translate, "TRANSLATIONS_DIR", tmp_path)
     i18n._messages.cache_clear()
     i18n._compiled.cache_clear()
+
+
+@pytest.fixture
+def checks_catalog(tmp_path, monkeypatch):
+    _catalog_of(tmp_path, monkeypatch, _ZH)
     yield
     i18n._compiled.cache_clear()
 
@@ -141,7 +145,7 @@ def test_a_failing_check_speaks_chinese_with_its_values_and_nested_phrases(check
     result = checking.run("ch98.triple", {"triple": lambda x: str(x)})
     assert (result.title, result.message, result.hint) == (
         "把数乘以三",
-        "triple(2) 返回了 字符串 '2'；应为 6。",
+        "triple(2) 返回了字符串 '2'；应为 6。",
         "乘以 3。",
     )
 
@@ -182,3 +186,37 @@ def test_the_most_specific_template_wins(tmp_path, monkeypatch):
     assert i18n.translate_message("Net failed to load x.pt.", "zh") == "Net 无法加载 x.pt。"
     assert i18n.translate_message("Net failed.", "zh") == "Net 失败。"
     i18n._compiled.cache_clear()
+
+
+def test_a_value_with_commas_inside_brackets_is_never_split(tmp_path, monkeypatch):
+    _catalog_of(
+        tmp_path, monkeypatch, {"After {call}, {names} do not require grad.": "调用 {call} 后，{names} 都不需要梯度。"}
+    )
+    message = "After freeze_until(resnet, 'layer3'), layer3.0.conv1.weight, layer3.0.bn1.weight do not require grad."
+    assert i18n.translate_message(message, "zh") == (
+        "调用 freeze_until(resnet, 'layer3') 后，layer3.0.conv1.weight, layer3.0.bn1.weight 都不需要梯度。"
+    )
+
+
+def test_a_step_wrapper_is_the_outermost_template_even_when_another_has_more_text(tmp_path, monkeypatch):
+    units = {
+        "{doing} raised {type(error).__name__}: {first_line(error)}": (
+            "{doing} 时抛出 {type(error).__name__}：{first_line(error)}"
+        ),
+        "calling {call} on a model {what}": "在模型{what}上调用 {call}",
+        "calling {call}": "调用 {call}",
+        "without residual blocks": "（没有残差块）",
+    }
+    _catalog_of(tmp_path, monkeypatch, units)
+    message = "calling zero_init(model) on a model without residual blocks raised TypeError: on a model: bad"
+    assert (
+        i18n.translate_message(message, "zh")
+        == "在模型（没有残差块）上调用 zero_init(model) 时抛出 TypeError：on a model: bad"
+    )
+
+
+def test_chinese_keeps_the_space_next_to_code_and_drops_it_between_chinese_words(tmp_path, monkeypatch):
+    units = {"{doing} failed.": "{doing} 时失败。", "calling {call}": "调用 {call}", "reading the file": "读取文件"}
+    _catalog_of(tmp_path, monkeypatch, units)
+    assert i18n.translate_message("calling f(x) failed.", "zh") == "调用 f(x) 时失败。"
+    assert i18n.translate_message("reading the file failed.", "zh") == "读取文件时失败。"

@@ -295,10 +295,14 @@ def test_code_is_not_a_message_and_short_labels_are_marked(tmp_path):
         "A = f'{call} returned {n} tensors.'\n"
         "B = 'nn.Linear(4, 8)'\n"
         "C = f'self.up = {expected}'\n"
-        "D = 'x'\n",
+        "D = 'x'\n"
+        "E = 'not finite' if bad else 'text/plain'\n"
+        "F = f'{doing} raised {error}'\n"
+        "G = f', stride={stride}'\n",
         encoding="utf-8",
     )
-    assert sorted(translate.extract_templates(package)) == ["PASS", "{call} returned {n} tensors."]
+    found = sorted(translate.extract_templates(package))
+    assert found == ["PASS", "not finite", "{call} returned {n} tensors.", "{doing} raised {error}"]
 
 
 @pytest.mark.parametrize("language", translate.languages())
@@ -314,3 +318,23 @@ def test_every_translated_cell_keeps_the_code_and_markup_of_its_english(language
         broken |= {f"{path.stem}:{cell}": why for cell, why in found.broken.items()}
         assert not (found.missing or found.untranslated or found.fuzzy or found.stale), found.problems()
     assert not broken, broken
+
+
+_SWITCH = re.compile(r"^.*\[(English|简体中文)\]\(README(\.zh-CN)?\.md\).*$", re.M)  # the language switch line
+
+
+@pytest.mark.parametrize(
+    ("english", "twin"),
+    [
+        ("README.md", "README.zh-CN.md"),
+        ("book/intro.md", "book/zh/intro.md"),
+        ("book/instructors.md", "book/zh/instructors.md"),
+    ],
+)
+def test_a_hand_translated_page_keeps_the_code_links_and_headings_of_its_english(english, twin):
+    from course_utils.paths import REPO_DIR
+
+    if not (REPO_DIR / twin).exists() and not translate.languages():
+        pytest.skip("no Chinese edition")
+    texts = [_SWITCH.sub("", (REPO_DIR / name).read_text(encoding="utf-8")) for name in (english, twin)]
+    assert translate.markup_problems(*texts) == [], f"{twin} has drifted from {english}: update it"

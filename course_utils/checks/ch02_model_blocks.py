@@ -32,6 +32,7 @@ from course_utils.compare import (
     load_reference_weights,
     matches,
 )
+from course_utils.i18n import N_
 from course_utils.solutions import ch02_model_blocks as ref
 
 UNET_PARAMETERS = 31_037_698
@@ -178,7 +179,7 @@ def _expect_double_conv(block: Any, call: str, in_channels: int, mid_channels: i
             )
         raise Fail(
             f"{call}.double_conv must hold Conv2d, BatchNorm2d, ReLU, Conv2d, BatchNorm2d, ReLU "
-            f"(got {', '.join(kinds) or 'nothing'}).",
+            f"(got {', '.join(kinds) or N_('nothing')}).",
             _DOUBLE_CONV_HINT,
         )
     first, second = layers[0], layers[3]
@@ -247,7 +248,7 @@ def _check_down(Down: Any) -> str:  # noqa: N803 - the learner's class name
         _DOWN_HINT,
     )
     parts = list(layers)
-    kinds = ", ".join(type(m).__name__ for m in parts) or "nothing"
+    kinds = ", ".join(type(m).__name__ for m in parts) or N_("nothing")
     if any(isinstance(m, nn.AvgPool2d) for m in parts):
         raise Fail(
             f"{call} pools with nn.AvgPool2d; U-Net's encoder uses max pooling.",

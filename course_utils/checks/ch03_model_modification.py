@@ -310,9 +310,12 @@ def _check_new_head(family: str, model: nn.Module, before: dict[str, nn.Module],
         f"{head_name} becomes {expected}.",
     )
     if head.in_features != old.in_features:
-        hint = "Read the width from the old head: nn.Linear(old.in_features, num_classes)."
-        if head.in_features in (512, 2048):
-            hint += f" {head.in_features} is a ResNet's width, not a {family}'s."
+        hint = (
+            f"Read the width from the old head: nn.Linear(old.in_features, num_classes). {head.in_features} is a "
+            f"ResNet's width, not a {family}'s."
+            if head.in_features in (512, 2048)
+            else "Read the width from the old head: nn.Linear(old.in_features, num_classes)."
+        )
         raise Fail(f"After {call} on a {family}, {head_name} must be {expected} (got {_short(head)}).", hint)
     expect(
         head.out_features == num_classes,
@@ -321,8 +324,9 @@ def _check_new_head(family: str, model: nn.Module, before: dict[str, nn.Module],
     )
     expect(
         (head.bias is None) == (old.bias is None),
-        f"After {call} on a {family}, {head_name} has {'no' if head.bias is None else 'a'} bias; the old head "
-        f"{'had one' if old.bias is not None else 'had none'}.",
+        f"After {call} on a {family}, {head_name} has no bias; the old head had one."
+        if head.bias is None
+        else f"After {call} on a {family}, {head_name} has a bias; the old head had none.",
         "Keep the old head's bias setting: bias=old.bias is not None.",
     )
     if head.weight.dtype != old.weight.dtype or head.weight.device != old.weight.device:
@@ -341,7 +345,7 @@ def _check_replace_head(replace_head: Any) -> str:
         model = copy.deepcopy(_pristine_classifier(family))
         before = dict(model.named_modules())
         call = "replace_head(model, 7)"
-        with _learner_step(f"calling {call} on a {family}", hints):
+        with _learner_step(f"calling {call} on a {family} model", hints):
             result = replace_head(model, 7)
         _check_new_head(family, model, before, result, call)
         head = model.get_submodule(head_name)
@@ -499,7 +503,9 @@ def _check_swap(swap_modules: Any, model: nn.Module, old_type: type, factory: An
     ]
     if changed:
         raise Fail(
-            f"{call} also replaced {_listing(changed)}, which {'is' if len(changed) == 1 else 'are'} not {type_name}.",
+            f"{call} also replaced {_listing(changed)}, which is not {type_name}."
+            if len(changed) == 1
+            else f"{call} also replaced {_listing(changed)}, which are not {type_name}.",
             "Replace only the modules for which isinstance(module, old_type) is true.",
         )
     if count is None:
@@ -584,13 +590,17 @@ def _check_requires_grad(model: nn.Module, stage: str, call: str) -> None:
     if off:
         if {_stage_of(name) for name in off} == {stage}:
             raise Fail(
-                f"After {call}, {_listing(off)} {'does' if len(off) == 1 else 'do'} not require grad: {stage} was "
-                f"frozen too. {stage} is the first stage that trains.",
+                f"After {call}, {_listing(off)} does not require grad: {stage} was frozen too. {stage} is the first "
+                "stage that trains."
+                if len(off) == 1
+                else f"After {call}, {_listing(off)} do not require grad: {stage} was frozen too. {stage} is the first "
+                "stage that trains.",
                 f"Freeze the stages before {stage}, not {stage} itself (watch the end of your range or slice).",
             )
         raise Fail(
-            f"After {call}, {_listing(off)} {'does' if len(off) == 1 else 'do'} not require grad; every parameter "
-            f"from {stage} on must train.",
+            f"After {call}, {_listing(off)} does not require grad; every parameter from {stage} on must train."
+            if len(off) == 1
+            else f"After {call}, {_listing(off)} do not require grad; every parameter from {stage} on must train.",
             f"Turn gradients on for {stage} and every stage after it: part.requires_grad_(True).",
         )
     if on:
@@ -726,8 +736,9 @@ def _check_groups(model: nn.Module, groups: Any, stage: str, call: str) -> None:
     missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
     expect(
         not missing,
-        f"No group returned by {call} holds {_listing(missing)}: the optimizer would never update "
-        f"{'it' if len(missing) == 1 else 'them'}.",
+        f"No group returned by {call} holds {_listing(missing)}: the optimizer would never update it."
+        if len(missing) == 1
+        else f"No group returned by {call} holds {_listing(missing)}: the optimizer would never update them.",
         _GROUPS_HINT,
     )
     with step(f"building torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05) from the groups of {call}"):
@@ -750,7 +761,9 @@ def _check_freeze_until(freeze_until: Any) -> str:
     changed = [k for k, v in pristine.items() if k in state and not torch.equal(state[k], v)]
     expect(
         not lost and not changed,
-        f"{call} {'lost' if lost else 'changed'} {_listing(lost or changed)}; it may only change what trains.",
+        f"{call} lost {_listing(lost)}; it may only change what trains."
+        if lost
+        else f"{call} changed {_listing(changed)}; it may only change what trains.",
         "Do not re-initialize, remove or modify any weight or statistic.",
     )
     _check_groups(model, groups, "layer3", call)
@@ -810,9 +823,12 @@ def _check_extra_head(net: nn.Module, call: str, in_features: int, n_logits: int
             "in_features of head is backbone.fc.in_features + extra_features.",
         )
     if head.in_features != in_features + extra:
-        hint = "Read the width from the backbone: backbone.fc.in_features + extra_features."
-        if head.in_features == 512 + extra:
-            hint += " 512 is right for resnet18 and resnet34 only."
+        hint = (
+            "Read the width from the backbone: backbone.fc.in_features + extra_features. 512 is right for resnet18 "
+            "and resnet34 only."
+            if head.in_features == 512 + extra
+            else "Read the width from the backbone: backbone.fc.in_features + extra_features."
+        )
         raise Fail(f"{call}.head must be {expected} (got {_short(head)}).", hint)
     expect(
         head.out_features == classes,

@@ -22,6 +22,7 @@ from torch import nn
 
 from course_utils.checking import Fail, describe, exercise, expect, first_line, make_check, step
 from course_utils.compare import expect_function
+from course_utils.i18n import N_
 from course_utils.solutions.ch04_save_and_load import WRAPPER_PREFIXES
 
 # --- ch4.checkpoint ---------------------------------------------------------------------------------------
@@ -191,7 +192,7 @@ def _check_checkpoint(save_checkpoint: Any, load_checkpoint: Any) -> str:
         files = sorted(p.name for p in folder.iterdir())
         expect(
             path.is_file(),
-            f"{_SAVE_CALL} did not create the file at path (the folder holds: {', '.join(files) or 'nothing'}).",
+            f"{_SAVE_CALL} did not create the file at path (the folder holds: {', '.join(files) or N_('nothing')}).",
             "Write to a temporary file in the same directory, then os.replace(temporary, path).",
         )
         _load_raw(path, "The file save_checkpoint wrote")
@@ -221,8 +222,10 @@ def _check_checkpoint(save_checkpoint: Any, load_checkpoint: Any) -> str:
         if key is not None:
             buffer = key.endswith(("running_mean", "running_var", "num_batches_tracked"))
             raise Fail(
-                f"After load_checkpoint the model's {key} differs from the saved one"
-                + (" (a BatchNorm buffer: buffers were not restored)." if buffer else "."),
+                f"After load_checkpoint the model's {key} differs from the saved one (a BatchNorm buffer: buffers "
+                "were not restored)."
+                if buffer
+                else f"After load_checkpoint the model's {key} differs from the saved one.",
                 "Save model.state_dict(): it holds the parameters and the buffers.",
             )
         difference = _optimizer_difference(fresh_optimizer.state_dict(), saved_optimizer)
@@ -731,12 +734,11 @@ def _check_resume(save_run: Any, load_run: Any) -> str:
             problems.append(
                 (
                     f"the learning-rate schedule (the scheduler is at step {scheduler.last_epoch} instead of "
-                    f"{saved['scheduler_epoch']}"
-                    + (
-                        f"; {_lrs(optimizer)} instead of {_lrs_of(saved['lr'])})"
-                        if [g["lr"] for g in optimizer.param_groups] != saved["lr"]
-                        else ")"
-                    ),
+                    f"{saved['scheduler_epoch']}; {_lrs(optimizer)} instead of "
+                    f"{_lrs_of(saved['lr'])})"
+                    if [g["lr"] for g in optimizer.param_groups] != saved["lr"]
+                    else f"the learning-rate schedule (the scheduler is at step {scheduler.last_epoch} instead of "
+                    f"{saved['scheduler_epoch']})",
                     "Save scheduler.state_dict() and restore it with scheduler.load_state_dict (after the optimizer).",
                 )
             )
@@ -978,8 +980,11 @@ def _check_load_big(load_big: Any) -> str:
             )
         expect(
             not on_meta,
-            f"After load_big, {', '.join(on_meta[:3])} {'is' if len(on_meta) == 1 else 'are'} still on the meta "
-            "device: load_state_dict copied into meta tensors, which holds nothing.",
+            f"After load_big, {', '.join(on_meta[:3])} are still on the meta "
+            "device: load_state_dict copied into meta tensors, which holds nothing."
+            if len(on_meta) != 1
+            else f"After load_big, {on_meta[0]} is still on the meta device: load_state_dict copied into a meta "
+            "tensor, which holds nothing.",
             "Load with model.load_state_dict(state, assign=True): the loaded tensors then replace the meta ones.",
         )
         expect(

@@ -22,6 +22,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from course_utils.checking import Fail, describe, exercise, expect, expect_raises, make_check, step
 from course_utils.compare import expect_function
+from course_utils.i18n import N_
 from course_utils.solutions.ch02_model_blocks import ResidualBlock
 
 _FILL = 0.37
@@ -278,8 +279,12 @@ def _check_init_weights(init_weights: Any) -> str:
             model.apply(init_and_remember)
     except Fail as failure:
         module = visiting[-1] if visiting else None
-        where = f" (on the {type(module).__name__} at {names.get(module, '?')})" if module is not None else ""
-        raise Fail(failure.message + where, _apply_hint(failure, module)) from None
+        message = (
+            f"{failure.message} (on the {type(module).__name__} at {names.get(module, '?')})"
+            if module is not None
+            else failure.message
+        )
+        raise Fail(message, _apply_hint(failure, module)) from None
     _expect_same_parameters(model, before, "model.apply(init_weights)")
     _expect_left_alone(model)
     conv_hint = "nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')"
@@ -397,9 +402,10 @@ def _kaiming_case(my_kaiming_normal_: Any, shape: tuple[int, ...], **kwargs: Any
             )
         ratio = std * math.sqrt(fans[mode])
         gains = [name for value, name in _GAIN_NAMES.items() if _near(ratio, value, rel)]
-        found = f", which is {gains[0]} / sqrt({mode})" if gains else ""
         raise Fail(
-            f"{call} has std {std:.4f}{found}, expected {expected:.4f} = {formula}.",
+            f"{call} has std {std:.4f}, which is {gains[0]} / sqrt({mode}); expected {expected:.4f} = {formula}."
+            if gains
+            else f"{call} has std {std:.4f}, expected {expected:.4f} = {formula}.",
             "The gain depends on the nonlinearity: nn.init.calculate_gain(nonlinearity, a); for leaky_relu it is "
             "sqrt(2 / (1 + a**2)).",
         )
@@ -699,11 +705,11 @@ def _check_lsuv(lsuv_init_: Any) -> str:
     )
     for name, layer in layers.items():
         weight = layer.weight.detach()
+        state = "not finite" if not bool(weight.isfinite().all()) else N_("about 0")
         expect(
             bool(weight.isfinite().all()) and bool(weight.abs().max() > 1e-6),
-            f"After lsuv_init_ the weight of {name} is "
-            f"{'not finite' if not bool(weight.isfinite().all()) else 'about 0'}: the rescaling ran away, as when each "
-            f"step divides by a std that the change does not move.",
+            f"After lsuv_init_ the weight of {name} is {state}: the rescaling ran away, as when each step divides "
+            "by a std that the change does not move.",
             output_hint,
         )
         error = _orthogonality_error(layer.weight)
@@ -787,9 +793,9 @@ def _check_prior_bias(prior_bias_: Any) -> str:
             why, hint = "", "bias_k = log(f_k / sum(f)): then softmax(bias) equals the frequencies."
         found = ", ".join(f"{value:.3f}" for value in predicted.tolist())
         raise Fail(
-            f"After prior_bias_({shown}) softmax(bias) is [{found}]"
-            + (f": {why}" if why else "")
-            + ", expected [0.700, 0.100, 0.150, 0.050].",
+            f"After prior_bias_({shown}) softmax(bias) is [{found}], expected [0.700, 0.100, 0.150, 0.050]: {why}."
+            if why
+            else f"After prior_bias_({shown}) softmax(bias) is [{found}], expected [0.700, 0.100, 0.150, 0.050].",
             hint,
         )
     counts = torch.tensor([900, 60, 40])
@@ -807,14 +813,10 @@ def _check_prior_bias(prior_bias_: Any) -> str:
         predicted = torch.sigmoid(bias).item()
         if abs(predicted - fraction) > 1e-4 * max(fraction, 0.01):
             hint = "With one output read by a sigmoid, the bias is log(p / (1 - p)), so that sigmoid(bias) = p."
-            why = ""
+            found = f"After prior_bias_(nn.Linear(16, 1), [{fraction}]) sigmoid(bias) is {predicted:.4f}"
             if abs(bias.item() - math.log(fraction)) < 1e-4:
-                why = ": the bias is log(p), but a sigmoid needs the log-odds"
-            raise Fail(
-                f"After prior_bias_(nn.Linear(16, 1), [{fraction}]) sigmoid(bias) is {predicted:.4f}{why}, expected "
-                f"{fraction}.",
-                hint,
-            )
+                raise Fail(f"{found}, expected {fraction}: the bias is log(p), but a sigmoid needs the log-odds.", hint)
+            raise Fail(f"{found}, expected {fraction}.", hint)
     expect_raises(
         ValueError,
         "calling prior_bias_(nn.Linear(16, 4), [0.5, 0.5])",

@@ -20,6 +20,7 @@ from torch import nn
 from course_utils.checking import Fail, describe, exercise, expect, first_line, make_check, step
 from course_utils.checks.ch04_save_and_load import PoisonedModel, expect_failed_save_keeps_old_file
 from course_utils.compare import expect_function, expect_module_class, matches
+from course_utils.i18n import N_
 from course_utils.solutions import ch06_project_segmentation as ref
 
 _FILL = 0.37
@@ -78,10 +79,11 @@ def _check_segmenter(Segmenter: Any) -> str:  # noqa: N803 - the learner's class
     missing = [f"encoder.{k}" for k in trunk if f"encoder.{k}" not in state]
     if missing:
         found = [k for k in state if k.endswith("." + missing[0].split(".", 1)[-1])]
-        where = f" (found {found[0]})" if found else ""
+        why = "the trunk must sit in self.encoder under the classifier's names, so that its checkpoint loads into it."
         raise Fail(
-            f"The segmenter's state dict has no {missing[0]}{where}: the trunk must sit in self.encoder under the "
-            "classifier's names, so that the classifier's checkpoint loads into it.",
+            f"The segmenter's state dict has no {missing[0]} (it has {found[0]}): {why}"
+            if found
+            else f"The segmenter's state dict has no {missing[0]}: {why}",
             "self.encoder = nn.ModuleDict({'stem': classifier.stem, 'stage1': classifier.stage1, ...}).",
         )
     fresh = [k for k, v in trunk.items() if not torch.equal(state[f"encoder.{k}"], v)]
@@ -99,7 +101,9 @@ def _check_segmenter(Segmenter: Any) -> str:  # noqa: N803 - the learner's class
         parts = [f"no {_listing(absent)}"] if absent else []
         parts += [f"unexpected {_listing(extra)}"] if extra else []
         raise Fail(
-            f"The segmenter's state dict has {' and '.join(parts)}.",
+            f"The segmenter's state dict has {parts[0]} and {parts[1]}."
+            if len(parts) == 2
+            else f"The segmenter's state dict has {parts[0]}.",
             "self.decoder = nn.ModuleDict({'up1': Up(8C, 4C), 'up2': Up(4C, 2C), 'up3': Up(2C, C), 'refine': "
             "ResidualBlock(C, C)}) and self.head = OutConv(C, num_classes), with chapter 2's parts.",
         )
@@ -683,7 +687,7 @@ def _check_export(export_model: Any, load_exported: Any) -> str:
         expect(
             weights.is_file() and config.is_file(),
             f"export_model must write {ref.WEIGHTS_FILE} and {ref.CONFIG_FILE} into the folder (found: "
-            f"{', '.join(files) or 'nothing'}).",
+            f"{', '.join(files) or N_('nothing')}).",
             "safetensors.torch.save_file(tensors, folder / 'model.safetensors'); json for the config.",
         )
         keys = _safetensors_keys(weights)
