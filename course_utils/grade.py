@@ -194,10 +194,10 @@ _WHY = {
     "grading failed": "The grader could not finish on this notebook; please tell your instructor.",
 }
 _LABEL = {
-    "pass": "Check passed",
-    "fail": "Check failed",
-    "not_attempted": "Not attempted",
-    "checker_error": "Checker error",
+    "pass": "Check passed.",
+    "fail": "Check failed.",
+    "not_attempted": "Not attempted.",
+    "checker_error": "Checker error.",
 }
 
 
@@ -219,12 +219,12 @@ def feedback_markdown(grade: Grade) -> str:
         lines += [
             f"## {r['id']}: {r['title']} ({earned}/{r['points']})",
             "",
-            f"{t(_LABEL[r['status']])}. {r['message']}",
+            f"{t(_LABEL[r['status']])} {r['message']}",
         ]
         if r.get("hint") and r["status"] != "pass":
             lines += ["", t(f"Hint: {r['hint']}")]
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(i18n.tidy(line, grade.language) for line in lines)
 
 
 def grade_directory(

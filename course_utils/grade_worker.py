@@ -33,7 +33,7 @@ def __course_utils_grade(chapter, out_path):
     results = []
     for ex in checking.chapter_exercises(chapter):
         r = checking.run(ex.id, globals())
-        results.append({"id": ex.id, "title": ex.title, "points": ex.points, "status": r.status,
+        results.append({"id": ex.id, "title": r.title, "points": ex.points, "status": r.status,
                         "message": r.message, "hint": r.hint})
     with builtins.open(out_path, "w", encoding="utf-8") as f:
         json.dump(results, f)

@@ -12,9 +12,10 @@ import os
 import re
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 ENGLISH = "en"
-__all__ = ["ENGLISH", "N_", "available_languages", "get_language", "set_language", "translate_message"]
+__all__ = ["ENGLISH", "N_", "available_languages", "get_language", "set_language", "tidy", "translate_message"]
 _state = {"language": os.environ.get("COURSE_UTILS_LANGUAGE", ENGLISH)}
 
 
@@ -50,11 +51,17 @@ def get_language() -> str:
     return _state["language"] if _state["language"] in available_languages() else ENGLISH
 
 
-@cache
-def _messages(language: str) -> dict[str, str]:
-    from course_utils.translate import CHECKS_CATALOG, TRANSLATIONS_DIR, TranslationError, read_catalog, usable_message
+def _catalog_path(language: str) -> Path:
+    from course_utils import translate
 
-    path = TRANSLATIONS_DIR / language / CHECKS_CATALOG
+    return translate.TRANSLATIONS_DIR / language / translate.CHECKS_CATALOG
+
+
+@cache
+def _messages(path: Path) -> dict[str, str]:
+    """The usable units of the catalog at ``path`` (cached by path, so another catalog folder is read afresh)."""
+    from course_utils.translate import TranslationError, read_catalog, usable_message
+
     if not path.exists():
         return {}
     try:
@@ -137,9 +144,9 @@ def _group(index: int) -> str:
 
 
 @cache
-def _compiled(language: str) -> tuple[dict[str, str], list[_Compiled]]:
+def _compiled(path: Path) -> tuple[dict[str, str], list[_Compiled]]:
     exact, templates = {}, []
-    for english, translation in _messages(language).items():
+    for english, translation in _messages(path).items():
         if any(_is_placeholder(p) for p in _pieces(english)):
             templates.append(_compile(english, translation))
         else:
@@ -158,7 +165,7 @@ def translate_message(message: str | None, language: str | None = None, _depth: 
     language = language or get_language()
     if message is None or language == ENGLISH or _depth > 4:
         return message
-    exact, templates = _compiled(language)
+    exact, templates = _compiled(_catalog_path(language))
     if message in exact:
         return exact[message]
     for template in templates:
@@ -173,7 +180,7 @@ def translate_message(message: str | None, language: str | None = None, _depth: 
             else:
                 out.append(_unescape(piece))
         joined = "".join(out)
-        return _SPACING[language](joined) if _depth == 0 and language in _SPACING else joined
+        return tidy(joined, language) if _depth == 0 else joined
     return message
 
 
@@ -182,3 +189,9 @@ def translate_message(message: str | None, language: str | None = None, _depth: 
 _CJK = "\u3000-\u303f\u4e00-\u9fff\uff00-\uffef"  # CJK punctuation, ideographs, full-width forms
 _BETWEEN_CJK = re.compile(f"(?<=[{_CJK}]) +(?=[{_CJK}])")
 _SPACING = {"zh": lambda text: _BETWEEN_CJK.sub("", text)}
+
+
+def tidy(text: str, language: str | None = None) -> str:
+    """Text put together from translated parts, with the spacing ``language`` wants (see ``_SPACING``)."""
+    language = language or get_language()
+    return _SPACING[language](text) if language in _SPACING else text

@@ -323,14 +323,20 @@ def _template(node: ast.AST) -> str | None:
     # A message has two words, or one word and a value ("{doing} raised {error}"), not counting HTML tags and
     # keyword arguments (", stride={stride}"); code is not a message.
     text = _TAG.sub(" ", literal)
-    one_word = len(pieces) > 1 and re.search(r"[A-Za-z]{2,}", text) and not re.search(r"[A-Za-z_]=", text)
+    one_word = (
+        len(pieces) > 1
+        and re.search(r"[A-Za-z]{2,}", text)
+        and not re.search(r"[A-Za-z_]=", text)
+        and not re.fullmatch(r"[\w{}\[\]().']+", template)  # a key or a name: "fc{i}", "{prefix}scale"
+    )
     return template if (_WORDS.search(text) or _SPACED.search(text) or one_word) and not _is_code(template) else None
 
 
 def _is_code(template: str) -> bool:
     """Python code (a call, a statement) is shown as it is in every language: it is not a message to translate."""
     text = _PLACEHOLDER.sub("_", template).replace("{{", "{").replace("}}", "}")
-    if not re.search(r"[()\[\]=._/,-]", text):  # "not finite" parses too, but words alone are a phrase
+    # "not finite", "Hint: {hint}" and "# Feedback on {file}" parse too, but words without code signs are a phrase.
+    if text.lstrip().startswith("#") or not re.search(r"[()\[\]=._/,-]", _PLACEHOLDER.sub("", template)):
         return False
     try:
         ast.parse(text)

@@ -7,6 +7,7 @@ the kernel, damage the file, delete the check cells, or patch the checker.
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from submissions import (
 )
 
 from course_utils import checking, grade, translate
+from course_utils.paths import NOTEBOOKS_DIR
 
 NAME = "01_model_definition.ipynb"
 FULL_MARKS = sum(ex.points for ex in checking.chapter_exercises(1))
@@ -69,6 +71,12 @@ def submissions(tmp_path_factory) -> Path:
         ),
         "patched_checker": with_cell(student, PATCH_CHECKER, len(student.cells)),
     }
+    if (NOTEBOOKS_DIR / "zh" / NAME).exists():  # the Chinese edition: same cells, its own language
+        fixtures["zh_untouched"] = student_edition(f"zh/{NAME}")
+        zh_wrong = ANSWERS.submission(student_edition(f"zh/{NAME}"), right=ANSWERS.exercises)
+        (cell_id,) = ANSWERS.cells["ch1.build_mlp"]
+        next(c for c in zh_wrong.cells if c.id == cell_id).source = CH1_WRONG_BUILD_MLP
+        fixtures["zh_wrong"] = zh_wrong
     for name, nb in fixtures.items():
         nbformat.write(nb, folder / f"{name}.ipynb")
     (folder / "invalid_json.ipynb").write_text('{"cells": [', encoding="utf-8")
@@ -104,6 +112,18 @@ def test_an_untouched_submission_gets_zero_and_not_attempted_feedback(graded):
     row = graded["untouched"]
     assert (row["status"], _points(row)) == ("ok", 0)
     assert row["feedback"].count("Not attempted.") == len(checking.chapter_exercises(1))
+
+
+@pytest.mark.slow
+def test_a_chinese_submission_is_graded_alike_with_chinese_feedback(graded):
+    if "zh_untouched" not in graded:
+        pytest.skip("no Chinese edition")
+    untouched, wrong, english = graded["zh_untouched"], graded["zh_wrong"], graded["wrong"]
+    assert (untouched["status"], _points(untouched)) == ("ok", 0)
+    assert untouched["feedback"].count("未作答。") == len(checking.chapter_exercises(1))
+    assert (wrong["status"], _points(wrong)) == ("ok", _points(english)), "the same answers get the same points"
+    build_mlp = wrong["feedback"].split("## ch1.build_mlp", 1)[1].split("\n## ", 1)[0]
+    assert "检查未通过" in build_mlp and re.search(r"[\u4e00-\u9fff]", build_mlp.split("检查未通过", 1)[1])
 
 
 @pytest.mark.slow
@@ -218,7 +238,7 @@ def test_feedback_pages_are_written_in_the_submissions_language(tmp_path, monkey
             "Chapter {grade.chapter}: **{grade.total} of {grade.maximum} points**.",
             "第 {grade.chapter} 章：**{grade.total}/{grade.maximum} 分**。",
         ),
-        ("Check failed", "未通过"),
+        ("Check failed.", "检查未通过。"),
         ("Hint: {r['hint']}", "提示：{r['hint']}"),
     ]:
         po.append(polib.POEntry(msgid=english, msgstr=chinese))
@@ -233,7 +253,7 @@ def test_feedback_pages_are_written_in_the_submissions_language(tmp_path, monkey
     i18n._compiled.cache_clear()
     assert page.splitlines()[:2] == ["# alice.ipynb 的反馈", ""]
     assert f"第 1 章：**0/{FULL_MARKS} 分**。" in page
-    assert "未通过. 层没有名字。" in page and "提示：用 OrderedDict。" in page
+    assert "检查未通过。层没有名字。" in page and "提示：用 OrderedDict。" in page
     english = grade.feedback_markdown(grade.Grade("bob.ipynb", 1, "ok", [result | {"hint": "Use an OrderedDict."}]))
     assert "# Feedback on bob.ipynb" in english and "Hint: Use an OrderedDict." in english
 

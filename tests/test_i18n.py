@@ -220,3 +220,13 @@ def test_chinese_keeps_the_space_next_to_code_and_drops_it_between_chinese_words
     _catalog_of(tmp_path, monkeypatch, units)
     assert i18n.translate_message("calling f(x) failed.", "zh") == "调用 f(x) 时失败。"
     assert i18n.translate_message("reading the file failed.", "zh") == "读取文件时失败。"
+
+
+def test_another_catalog_folder_never_leaves_its_messages_behind(tmp_path, monkeypatch):
+    if "zh" not in translate.languages():
+        pytest.skip("no Chinese catalog")
+    real = i18n.translate_message("NOT ATTEMPTED", "zh")
+    with monkeypatch.context() as patched:
+        _catalog_of(tmp_path, patched, {"NOT ATTEMPTED": "假的"})
+        assert i18n.translate_message("NOT ATTEMPTED", "zh") == "假的"
+    assert i18n.translate_message("NOT ATTEMPTED", "zh") == real != "假的", "the caches are keyed by the catalog's path"
