@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 ENGLISH = "en"
@@ -80,10 +80,12 @@ def _messages(path: Path) -> dict[str, str]:
 # placeholders. At run time a finished English message is matched against the templates, and each
 # placeholder's value is translated in turn (it may itself be a message).
 
-_EMBEDS_ERROR = re.compile(r"first_line\(|str\(error\)")
-_OUTERMOST = re.compile(
-    r"^\{(doing|failure\.message)\}$|first_line\(|str\(error\)"
-)  # "{doing} raised ...", "{doing} did not finish"
+_EMBEDS_ERROR = re.compile(r"first_line\(|str\(error\)")  # a placeholder that holds an exception's own text
+_STEP = re.compile(r"^\{(doing|failure\.message)\}$")  # "{doing} raised ...", "{doing} did not finish ..."
+
+
+def _wraps(placeholder: str) -> bool:
+    return bool(_STEP.search(placeholder) or _EMBEDS_ERROR.search(placeholder))
 
 
 def _nested(depth: int) -> str:
@@ -116,10 +118,24 @@ def _unescape(piece: str) -> str:
 
 @dataclass(frozen=True)
 class _Compiled:
-    pattern: re.Pattern[str]
+    regex: str
     names: tuple[str, ...]
     translation: list[str]
     literal_length: int
+    literals: tuple[str, ...]  # the template's own text, in order: a message without all of it cannot match
+
+    @cached_property
+    def pattern(self) -> re.Pattern[str]:  # compiled on first use: most templates never get that far
+        return re.compile(self.regex, re.S)
+
+    def match(self, message: str) -> re.Match[str] | None:
+        position = 0
+        for literal in self.literals:
+            position = message.find(literal, position)
+            if position < 0:
+                return None
+            position += len(literal)
+        return self.pattern.fullmatch(message)
 
 
 def _compile(template: str, translation: str) -> _Compiled:
@@ -135,8 +151,8 @@ def _compile(template: str, translation: str) -> _Compiled:
             names.append(piece)
         else:
             regex += re.escape(_unescape(piece))
-    literal = sum(len(_unescape(p)) for p in pieces if not _is_placeholder(p))
-    return _Compiled(re.compile(regex, re.S), tuple(names), _pieces(translation), literal)
+    literals = tuple(_unescape(p) for p in pieces if not _is_placeholder(p))
+    return _Compiled(regex, tuple(names), _pieces(translation), sum(map(len, literals)), literals)
 
 
 def _group(index: int) -> str:
@@ -153,7 +169,7 @@ def _compiled(path: Path) -> tuple[dict[str, str], list[_Compiled]]:
             exact["".join(_unescape(p) for p in _pieces(english))] = "".join(_unescape(p) for p in _pieces(translation))
     # A template that wraps a step ("{doing} raised {type}: {first_line(error)}", "{doing} did not finish ...") is the
     # outermost of any message it matches: an exception's text can hold anything. Otherwise the most specific wins.
-    templates.sort(key=lambda t: (not any(_OUTERMOST.search(name) for name in t.names), -t.literal_length))
+    templates.sort(key=lambda t: (not any(_wraps(name) for name in t.names), -t.literal_length))
     return exact, templates
 
 
@@ -169,7 +185,7 @@ def translate_message(message: str | None, language: str | None = None, _depth: 
     if message in exact:
         return exact[message]
     for template in templates:
-        match = template.pattern.fullmatch(message)
+        match = template.match(message)
         if match is None:
             continue
         values = {name: match.group(_group(i)) for i, name in enumerate(template.names)}

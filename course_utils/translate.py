@@ -156,11 +156,12 @@ _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{[^{}]+\}")
 def _differs(what: str, english: list[str], translation: list[str]) -> str | None:
     lost = [item for item in dict.fromkeys(english) if english.count(item) > translation.count(item)]
     added = [item for item in dict.fromkeys(translation) if translation.count(item) > english.count(item)]
-    if not lost and not added:
-        return None
-    parts = [f"loses {what} {', '.join(map(repr, lost[:3]))}" if lost else "", ""]
-    parts[1] = f"adds {what} {', '.join(map(repr, added[:3]))}" if added else ""
-    return " and ".join(part for part in parts if part)
+    parts = [
+        f"{verb} {what} {', '.join(map(repr, items[:3]))}"
+        for verb, items in (("loses", lost), ("adds", added))
+        if items
+    ]
+    return " and ".join(parts) or None
 
 
 def markup_problems(english: str, translation: str) -> list[str]:
@@ -170,10 +171,7 @@ def markup_problems(english: str, translation: str) -> list[str]:
     are never translated, so each code span of the English must appear in the translation as often.
     """
     problems = []
-    fences_en, fences_tr = _FENCE.findall(english), _FENCE.findall(translation)
-    blocks_en = [m.group(0) for m in _FENCE.finditer(english)]
-    blocks_tr = [m.group(0) for m in _FENCE.finditer(translation)]
-    if len(fences_en) != len(fences_tr) or blocks_en != blocks_tr:
+    if [m.group(0) for m in _FENCE.finditer(english)] != [m.group(0) for m in _FENCE.finditer(translation)]:
         problems.append("changes a fenced code block")
     rest_en, rest_tr = _FENCE.sub("", english), _FENCE.sub("", translation)
     checks = [
